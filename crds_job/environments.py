@@ -1,0 +1,115 @@
+"""Where each observatory's CRDS cache lives on S3.
+
+The table is STScI's (the CRDS documentation, and the ``crds_s3_set`` script
+that ships with the crds client): Roman ops is the public Open Data bucket,
+Roman test/int/dev share a test bucket under per-environment prefixes, and HST
+has one bucket per environment with no prefix. JWST has no S3 cache at all.
+A private mirror overrides bucket and prefix (``CRDS_S3_BUCKET`` /
+``CRDS_S3_PREFIX``, as the crds client itself reads them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+#: The observatories with a CRDS cache on S3, and their environments.
+ENVIRONMENTS: dict[str, tuple[str, ...]] = {
+    "roman": ("ops", "test", "int", "dev"),
+    "hst": ("ops", "test"),
+}
+
+#: Observatories CRDS knows that have no S3 cache: a clear refusal, not "unknown".
+WITHOUT_S3 = {
+    "jwst": "STScI hosts no S3 bucket for JWST CRDS; JWST references come from "
+    "https://jwst-crds.stsci.edu over HTTP, which crds-job does not warm",
+}
+
+#: Buckets anyone may read: without credentials they are read unsigned, as
+#: ``crds_s3_get`` does with ``--no-sign-request`` for this bucket.
+PUBLIC_BUCKETS = frozenset({"stpubdata"})
+
+
+def server_url(observatory: str) -> str:
+    """The "serverless" CRDS server URL: the client makes no JSON-RPC call to it."""
+    return f"https://{observatory}-crds-serverless.stsci.edu"
+
+
+@dataclass(frozen=True)
+class Location:
+    """One observatory/environment's cache on S3, and how to name its objects."""
+
+    observatory: str
+    environment: str
+    bucket: str
+    prefix: str  # as crds writes it: "" or "/roman/crds"; never a trailing "/"
+
+    @property
+    def public(self) -> bool:
+        return self.bucket in PUBLIC_BUCKETS
+
+    @property
+    def server_url(self) -> str:
+        return server_url(self.observatory)
+
+    def key(self, area: str, name: str = "") -> str:
+        """The object key of ``name`` in ``area`` (config, mappings, references)."""
+        parts = [self.prefix.strip("/"), area, self.observatory, name]
+        return "/".join(part for part in parts if part)
+
+    def uri(self, area: str, name: str = "") -> str:
+        """The ``s3://`` URI of ``name`` in ``area``; a folder URI when ``name`` is empty."""
+        return f"s3://{self.bucket}/{self.key(area, name)}"
+
+    def path(self, area: str, name: str = "") -> str:
+        """The fsspec path (``bucket/key``) of ``name`` in ``area``."""
+        return f"{self.bucket}/{self.key(area, name)}"
+
+
+def default_location(observatory: str, environment: str) -> tuple[str, str]:
+    """The bucket and prefix STScI publishes for ``observatory``/``environment``."""
+    if observatory == "roman":
+        if environment == "ops":
+            return "stpubdata", "/roman/crds"
+        return "stpubdata-tst", f"/roman/crds/{environment}"
+    return f"hst-crds-cache-{environment}", ""
+
+
+def check_observatory(observatory: str) -> str:
+    """Refuse an observatory without an S3 cache, saying what there is instead."""
+    obs = observatory.lower()
+    if obs in WITHOUT_S3:
+        raise UsageError(f"observatory {observatory!r} has no CRDS S3 cache", WITHOUT_S3[obs])
+    if obs not in ENVIRONMENTS:
+        raise UsageError(
+            f"unknown observatory {observatory!r}",
+            f"use one of: {', '.join(ENVIRONMENTS)}",
+        )
+    return obs
+
+
+def locate(
+    observatory: str,
+    environment: str,
+    bucket: str | None = None,
+    prefix: str | None = None,
+) -> Location:
+    """Resolve where the cache of ``observatory``/``environment`` lives.
+
+    ``bucket`` and ``prefix`` override the table for private mirrors; the
+    observatory and environment are still checked, because the cache layout
+    and the serverless URL depend on them.
+    """
+    obs = check_observatory(observatory)
+    env = environment.lower()
+    if env not in ENVIRONMENTS[obs]:
+        raise UsageError(
+            f"unknown environment {environment!r} for {obs}",
+            f"use one of: {', '.join(ENVIRONMENTS[obs])}",
+        )
+    default_bucket, default_prefix = default_location(obs, env)
+    bucket = bucket or default_bucket
+    prefix = default_prefix if prefix is None else prefix
+    prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+    return Location(observatory=obs, environment=env, bucket=bucket, prefix=prefix)

@@ -1,0 +1,348 @@
+"""Every setting of crds-job: its flag, its environment twin, its default.
+
+A job is configured the way its platform makes easy: argv in ``docker run``,
+environment variables in a Kubernetes manifest or an AWS Batch job definition.
+Each option therefore has a twin ``CRDS_JOB_<OPTION>``; argv wins over the
+twin, the twin over the crds client's own variable (``CRDS_CONTEXT``,
+``CRDS_PATH``, ...) where one exists, and that over the default. The table
+``OPTIONS`` is the only list of them: the argument parser, the README's table
+and the tests that keep Dockerfile, k8s and Terraform honest all read it.
+
+The command line is ``crds-job [OPTIONS] OBSERVATORY ENVIRONMENT [--] [COMMAND...]``.
+Our options end where the command begins, so the command keeps its own flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from . import environments
+from .errors import UsageError
+
+ENV_PREFIX = "CRDS_JOB_"
+OBSERVATORY_ENV = ENV_PREFIX + "OBSERVATORY"
+ENVIRONMENT_ENV = ENV_PREFIX + "ENVIRONMENT"
+
+#: Where the cache goes when neither --cache nor CRDS_PATH says (crds_s3_set's default).
+DEFAULT_CACHE = "/tmp/crds_cache"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_bool(text: str) -> bool:
+    """Read a boolean the ways people write one in YAML and shell."""
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}, got {text!r}")
+
+
+def parse_size(text: str) -> int:
+    """Read a byte count: ``8388608``, ``8M``, ``8MiB`` (binary multiples)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"expected a byte count such as 8MiB, got {text!r}")
+    number, unit = int(match.group(1)), match.group(2).lower()
+    return number * 1024 ** " kmgt".index(unit or " ")
+
+
+def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = cast(text)
+        if value <= 0:
+            raise ValueError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """Read ``a,b c`` as ``("a", "b", "c")``: commas or blanks, case folded."""
+    return tuple(item.lower() for item in re.split(r"[,\s]+", text.strip()) if item)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: how it is spelled on argv and in the environment."""
+
+    name: str  # attribute of Settings
+    help: str
+    parse: Callable[[str], Any] = str
+    default: Any = None
+    flag_value: bool = False  # a switch: present on argv means True
+    crds_env: str | None = None  # the crds client's own variable, read after the twin
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("context", "CRDS context to warm: a .pmap name, or latest / <obs>-operational "
+           "(default: CRDS_CONTEXT, else the bucket's latest context)",
+           crds_env="CRDS_CONTEXT", metavar="PMAP"),
+    Option("cache", "the CRDS cache directory to fill", default=DEFAULT_CACHE,
+           crds_env="CRDS_PATH", metavar="DIR"),
+    Option("instruments", "warm only these instruments' references (comma separated)",
+           parse=parse_list, default=(), metavar="A,B"),
+    Option("mappings_only", "warm the context's mappings, no references",
+           parse=parse_bool, default=False, flag_value=True),
+    Option("concurrency", "S3 requests in flight at once",
+           parse=_positive(int), default=32, metavar="N"),
+    Option("part_size", "size of the ranged GETs a large file is split into",
+           parse=_positive(parse_size), default=16 * 2**20, metavar="BYTES"),
+    Option("memory_budget", "bytes of downloaded data held in memory at most",
+           parse=_positive(parse_size), default=128 * 2**20, metavar="BYTES"),
+    Option("retries", "attempts per S3 request and per file before giving up",
+           parse=_positive(int), default=5, metavar="N"),
+    Option("dry_run", "print the plan (files, bytes, what is cached) as JSON on stdout; "
+           "fetch nothing, run nothing", parse=parse_bool, default=False, flag_value=True),
+    Option("verify_existing", "re-hash files already in the cache instead of trusting their size",
+           parse=parse_bool, default=False, flag_value=True),
+    Option("allow_fetch", "let the command's crds fetch cache misses from S3 "
+           "(default: the command runs offline from the cache)",
+           parse=parse_bool, default=False, flag_value=True),
+    Option("ref_subdir_mode", "reference layout of a new cache (an existing cache keeps its own)",
+           crds_env="CRDS_REF_SUBDIR_MODE", choices=("flat", "instrument")),
+    Option("bucket", "S3 bucket of a private mirror (default: STScI's for OBSERVATORY/ENVIRONMENT)",
+           crds_env="CRDS_S3_BUCKET", metavar="NAME"),
+    Option("prefix", "key prefix in that bucket, e.g. /roman/crds",
+           crds_env="CRDS_S3_PREFIX", metavar="PREFIX"),
+    Option("env_file", "also write the command's CRDS environment to this file "
+           "(shell syntax), for a calibration container that runs after an init container",
+           metavar="PATH"),
+    Option("fsync", "fsync each file before it is renamed into the cache",
+           parse=parse_bool, default=True),
+    Option("progress_interval", "seconds between progress lines",
+           parse=_positive(float), default=5.0, metavar="SECONDS"),
+    Option("log_format", "json lines (default) or human-readable console lines on stderr",
+           default="json", choices=("json", "console")),
+    Option("log_level", "least severe log level written", default="info",
+           choices=("debug", "info", "warning", "error")),
+)
+
+OPTION_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one run: no secret is ever among them.
+
+    Built by ``parse``; the defaults live in ``OPTIONS`` and nowhere else.
+    """
+
+    observatory: str
+    environment: str
+    command: tuple[str, ...]
+    context: str | None
+    cache: str
+    instruments: tuple[str, ...]
+    mappings_only: bool
+    concurrency: int
+    part_size: int
+    memory_budget: int
+    retries: int
+    dry_run: bool
+    verify_existing: bool
+    allow_fetch: bool
+    ref_subdir_mode: str | None
+    bucket: str | None
+    prefix: str | None
+    env_file: str | None
+    fsync: bool
+    progress_interval: float
+    log_format: str
+    log_level: str
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def location(self) -> environments.Location:
+        return environments.locate(self.observatory, self.environment, self.bucket, self.prefix)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as logged at start-up, with where each value came from."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+        values["command"] = list(self.command)
+        values["instruments"] = list(self.instruments)
+        return {"settings": values, "from": dict(self.sources)}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (exit 64) instead of exiting with 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, "see crds-job --help")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="crds-job",
+        usage="crds-job [OPTIONS] OBSERVATORY ENVIRONMENT [--] [COMMAND [ARGS...]]",
+        description="Warm a CRDS cache from S3, every file size- and sha1-checked, "
+        "then exec COMMAND with an environment that makes crds use that cache offline.",
+        epilog=f"Every option has an environment twin {ENV_PREFIX}<OPTION> "
+        f"(e.g. {OPTION_BY_NAME['dry_run'].env}=1); OBSERVATORY and ENVIRONMENT may come "
+        f"from {OBSERVATORY_ENV} and {ENVIRONMENT_ENV}. Exit codes: see the README.",
+    )
+    for option in OPTIONS:
+        twin = f" [env {option.env}" + (f", then {option.crds_env}" if option.crds_env else "") + "]"
+        kwargs: dict[str, Any] = {"dest": option.name, "default": None, "help": option.help + twin}
+        if option.flag_value:
+            kwargs["action"] = "store_const"
+            kwargs["const"] = "1"
+        elif option.parse is parse_bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = option.metavar
+            if option.choices:
+                kwargs["choices"] = option.choices
+        parser.add_argument(option.flag, **kwargs)
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _resolve(option: Option, argv_value: Any, environ: Mapping[str, str]) -> tuple[Any, str]:
+    """Pick one option's value by precedence, and say where it came from."""
+    if argv_value is not None:
+        raw, source = argv_value, "argv"
+    elif environ.get(option.env, "").strip():
+        raw, source = environ[option.env], option.env
+    elif option.crds_env and environ.get(option.crds_env, "").strip():
+        raw, source = environ[option.crds_env], option.crds_env
+    else:
+        return option.default, "default"
+    if isinstance(raw, bool):  # BooleanOptionalAction on argv
+        return raw, source
+    try:
+        value = option.parse(raw.strip())
+    except ValueError as exc:
+        raise UsageError(f"bad value for {option.flag} (from {source}): {exc}",
+                         f"see crds-job --help for {option.flag}") from None
+    if option.choices and value not in option.choices:
+        raise UsageError(f"bad value {raw!r} for {option.flag} (from {source})",
+                         f"use one of: {', '.join(option.choices)}")
+    return value, source
+
+
+def _is_observatory(token: str) -> bool:
+    return token.lower() in environments.ENVIRONMENTS or token.lower() in environments.WITHOUT_S3
+
+
+def _split_positionals(
+    parser: argparse.ArgumentParser, rest: list[str], environ: Mapping[str, str], parsed: dict[str, Any]
+) -> tuple[str, str, list[str], dict[str, str]]:
+    """Take OBSERVATORY and ENVIRONMENT from argv, else from their twins; the rest is the command.
+
+    A first token that names an observatory starts the positionals; anything
+    else (or ``--``) starts the command, with the two values from the env.
+    Options may also follow the two positionals, until ``--`` or the command.
+    """
+    sources: dict[str, str] = {}
+    if rest and rest[0] != "--" and _is_observatory(rest[0]):
+        observatory, rest = rest[0], rest[1:]
+        sources["observatory"] = "argv"
+        if rest and rest[0] != "--" and not rest[0].startswith("-"):
+            environment, rest = rest[0], rest[1:]
+            sources["environment"] = "argv"
+        elif environ.get(ENVIRONMENT_ENV, "").strip():
+            environment, sources["environment"] = environ[ENVIRONMENT_ENV], ENVIRONMENT_ENV
+        else:
+            raise UsageError("ENVIRONMENT is missing after OBSERVATORY",
+                             f"add one, e.g. 'crds-job {observatory} ops', or set {ENVIRONMENT_ENV}")
+        if rest and rest[0].startswith("-") and rest[0] != "--":
+            more = vars(parser.parse_args(rest))
+            rest = more.pop("rest")
+            parsed.update({k: v for k, v in more.items() if v is not None})
+    else:
+        observatory = environ.get(OBSERVATORY_ENV, "").strip()
+        environment = environ.get(ENVIRONMENT_ENV, "").strip()
+        if not observatory:
+            first = rest[0] if rest and rest[0] != "--" else None
+            if first is not None:
+                raise UsageError(f"unknown observatory {first!r}",
+                                 f"use one of: {', '.join(environments.ENVIRONMENTS)}, or set "
+                                 f"{OBSERVATORY_ENV} and put the command after --")
+            raise UsageError("OBSERVATORY and ENVIRONMENT are missing",
+                             f"run e.g. 'crds-job roman ops', or set {OBSERVATORY_ENV} and {ENVIRONMENT_ENV}")
+        if not environment:
+            raise UsageError(f"{ENVIRONMENT_ENV} is missing while {OBSERVATORY_ENV} is set",
+                             f"set it to one of the environments of {observatory}")
+        sources["observatory"], sources["environment"] = OBSERVATORY_ENV, ENVIRONMENT_ENV
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    return observatory, environment, rest, sources
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve the settings of one run from argv and the environment."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    parsed = vars(parser.parse_args(list(argv)))
+    rest = parsed.pop("rest")
+    observatory, environment, command, sources = _split_positionals(parser, rest, environ, parsed)
+    location = environments.locate(observatory, environment)  # refuses unknown names early
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        values[option.name], sources[option.name] = _resolve(option, parsed.get(option.name), environ)
+    if values["context"]:
+        values["context"] = values["context"].strip()
+    values["cache"] = os.path.abspath(os.path.expanduser(values["cache"]))
+    return Settings(
+        observatory=location.observatory,
+        environment=location.environment,
+        command=tuple(command),
+        sources=sources,
+        **values,
+    )
+
+
+def env_names() -> list[str]:
+    """Every environment variable crds-job reads, for documentation and drift tests."""
+    names = [OBSERVATORY_ENV, ENVIRONMENT_ENV]
+    for option in OPTIONS:
+        names.append(option.env)
+        if option.crds_env:
+            names.append(option.crds_env)
+    return names
+
+
+def _default_text(option: Option) -> str:
+    value = option.default
+    if value is None or value == ():
+        return "all" if option.name == "instruments" else "—"
+    if option.parse is not str and isinstance(value, int) and not isinstance(value, bool) and value >= 2**20:
+        return f"{value // 2**20}MiB"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The README's option table, generated from OPTIONS (a test keeps the README equal to it)."""
+    rows = ["| option | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    for option in OPTIONS:
+        if option.flag_value:
+            flag = option.flag
+        elif option.parse is parse_bool:
+            flag = f"{option.flag} / --no-{option.flag[2:]}"
+        else:
+            flag = f"{option.flag} {option.metavar or '|'.join(option.choices or ('VALUE',))}"
+        env = f"`{option.env}`" + (f", then `{option.crds_env}`" if option.crds_env else "")
+        flag, meaning = flag.replace("|", "\\|"), option.help.replace("|", "\\|")
+        rows.append(f"| `{flag}` | {env} | {_default_text(option)} | {meaning} |")
+    return "\n".join(rows)

@@ -1,0 +1,43 @@
+"""The table of STScI's CRDS buckets (the seed document and crds_s3_set)."""
+
+from __future__ import annotations
+
+import pytest
+
+from crds_job.environments import locate
+from crds_job.errors import UsageError
+
+
+@pytest.mark.parametrize("observatory, environment, bucket, prefix", [
+    ("roman", "ops", "stpubdata", "/roman/crds"),
+    ("roman", "test", "stpubdata-tst", "/roman/crds/test"),
+    ("roman", "int", "stpubdata-tst", "/roman/crds/int"),
+    ("roman", "dev", "stpubdata-tst", "/roman/crds/dev"),
+    ("hst", "ops", "hst-crds-cache-ops", ""),
+    ("hst", "test", "hst-crds-cache-test", ""),
+])
+def test_the_published_table(observatory, environment, bucket, prefix):
+    where = locate(observatory, environment)
+    assert (where.bucket, where.prefix) == (bucket, prefix)
+    assert where.server_url == f"https://{observatory}-crds-serverless.stsci.edu"
+
+
+def test_keys_and_uris_follow_the_crds_layout():
+    roman = locate("roman", "ops")
+    assert roman.key("config", "server_config") == "roman/crds/config/roman/server_config"
+    assert roman.uri("mappings") == "s3://stpubdata/roman/crds/mappings/roman"
+    assert roman.public
+    hst = locate("HST", "OPS")
+    assert hst.key("references", "x_bia.fits") == "references/hst/x_bia.fits"
+    assert not hst.public
+
+
+def test_private_mirror_overrides_bucket_and_prefix():
+    where = locate("roman", "ops", bucket="my-mirror", prefix="crds/roman/")
+    assert (where.bucket, where.prefix) == ("my-mirror", "/crds/roman")
+    assert locate("hst", "ops", prefix="").prefix == ""
+
+
+def test_jwst_is_refused_with_the_reason():
+    with pytest.raises(UsageError, match="STScI hosts no S3 bucket for JWST"):
+        locate("jwst", "ops")

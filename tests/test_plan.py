@@ -1,0 +1,53 @@
+"""Planning: the whole mapping closure, references narrowed by instrument, metadata required."""
+
+from __future__ import annotations
+
+import pytest
+
+from crds_job import mapping, plan
+from crds_job.errors import BucketContentError, UsageError
+from crds_job.server_config import FileInfo
+
+
+def mp(name, kind, children, instrument=""):
+    return mapping.Mapping(name=name, kind=kind, header={"instrument": instrument}, children=tuple(children))
+
+
+MAPPINGS = {m.name: m for m in [
+    mp("hst_0001.pmap", "pmap", ["hst_acs_0001.imap", "hst_wfpc2_0001.imap"]),
+    mp("hst_acs_0001.imap", "imap", ["hst_acs_biasfile_0001.rmap"], "ACS"),
+    mp("hst_wfpc2_0001.imap", "imap", ["hst_wfpc2_flatfile_0001.rmap"], "WFPC2"),
+    mp("hst_acs_biasfile_0001.rmap", "rmap", ["a_bia.fits", "b_bia.fits"], "ACS"),
+    mp("hst_wfpc2_flatfile_0001.rmap", "rmap", ["x1a1234bu.r4h", "a_bia.fits"], "WFPC2"),
+]}
+NAMES = list(MAPPINGS) + ["a_bia.fits", "b_bia.fits", "x1a1234bu.r4h", "x1a1234bu.r4d"]
+METADATA = {name: FileInfo(size=len(name), sha1="") for name in NAMES}
+
+
+def test_whole_context():
+    p = plan.build("hst_0001.pmap", MAPPINGS, METADATA)
+    assert [e.name for e in p.mappings] == sorted(MAPPINGS)
+    assert [e.name for e in p.references] == ["a_bia.fits", "b_bia.fits", "x1a1234bu.r4d", "x1a1234bu.r4h"]
+    assert p.instruments == ("acs", "wfpc2")
+    assert p.total_bytes == sum(len(n) for n in NAMES)
+    geis = {e.name: e for e in p.references}["x1a1234bu.r4d"]
+    assert geis.instrument == "wfpc2", "a GEIS data partner goes where its header goes"
+
+
+def test_instruments_narrow_references_not_mappings():
+    p = plan.build("hst_0001.pmap", MAPPINGS, METADATA, instruments=["acs"])
+    assert len(p.mappings) == len(MAPPINGS)
+    assert {e.name for e in p.references} == {"a_bia.fits", "b_bia.fits"}
+    assert plan.build("hst_0001.pmap", MAPPINGS, METADATA, mappings_only=True).references == ()
+
+
+def test_unknown_instrument_lists_the_known_ones():
+    with pytest.raises(UsageError, match="nircam not in context hst_0001.pmap.*acs, wfpc2"):
+        plan.build("hst_0001.pmap", MAPPINGS, METADATA, instruments=["nircam"])
+
+
+def test_a_file_absent_from_the_metadata_is_a_bucket_error_naming_its_parent():
+    metadata = dict(METADATA)
+    del metadata["b_bia.fits"]
+    with pytest.raises(BucketContentError, match="b_bia.fits, named by hst_acs_biasfile_0001.rmap"):
+        plan.build("hst_0001.pmap", MAPPINGS, metadata)

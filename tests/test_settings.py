@@ -1,0 +1,108 @@
+"""The command line and its environment twins: precedence, grammar, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from crds_job import settings
+from crds_job.errors import ExitCode, UsageError
+
+
+def parse(argv, **env):
+    return settings.parse(argv, env)
+
+
+def test_positionals_and_command_keep_the_commands_own_flags():
+    s = parse(["--dry-run", "roman", "ops", "strun", "--verbose", "l1.asdf"])
+    assert (s.observatory, s.environment) == ("roman", "ops")
+    assert s.command == ("strun", "--verbose", "l1.asdf")
+    assert s.dry_run is True
+
+
+def test_options_may_follow_the_positionals_until_the_command():
+    s = parse(["roman", "ops", "--concurrency", "7", "--", "strun", "--concurrency", "1"])
+    assert s.concurrency == 7
+    assert s.command == ("strun", "--concurrency", "1")
+
+
+def test_observatory_and_environment_from_the_twins():
+    s = parse(["strun", "x.asdf"], CRDS_JOB_OBSERVATORY="roman", CRDS_JOB_ENVIRONMENT="test")
+    assert (s.observatory, s.environment, s.command) == ("roman", "test", ("strun", "x.asdf"))
+    s = parse(["--", "hst", "x"], CRDS_JOB_OBSERVATORY="hst", CRDS_JOB_ENVIRONMENT="ops")
+    assert s.command == ("hst", "x")
+
+
+def test_argv_wins_over_the_twin_which_wins_over_crds_own_variable():
+    env = {"CRDS_JOB_CONTEXT": "roman_0002.pmap", "CRDS_CONTEXT": "roman_0001.pmap"}
+    assert parse(["roman", "ops"], **env).context == "roman_0002.pmap"
+    assert parse(["roman", "ops", "--context", "roman_0003.pmap"], **env).context == "roman_0003.pmap"
+    assert parse(["roman", "ops"], CRDS_CONTEXT="roman_0001.pmap").context == "roman_0001.pmap"
+    s = parse(["roman", "ops"], CRDS_PATH="/somewhere/cache")
+    assert s.cache == "/somewhere/cache" and s.sources["cache"] == "CRDS_PATH"
+    assert parse(["roman", "ops"]).cache == settings.DEFAULT_CACHE
+
+
+def test_every_option_has_a_twin_that_works():
+    values = {
+        "context": "roman_0001.pmap", "cache": "/c", "instruments": "wfi", "mappings_only": "1",
+        "concurrency": "3", "part_size": "1MiB", "memory_budget": "64M", "retries": "2", "dry_run": "yes",
+        "verify_existing": "true", "allow_fetch": "on", "ref_subdir_mode": "instrument", "bucket": "b",
+        "prefix": "/p", "env_file": "/e", "fsync": "0", "progress_interval": "0.5",
+        "log_format": "console", "log_level": "debug",
+    }
+    assert set(values) == {option.name for option in settings.OPTIONS}
+    env = {settings.OPTION_BY_NAME[name].env: value for name, value in values.items()}
+    s = parse(["roman", "ops"], **env)
+    assert all(s.sources[name] == settings.OPTION_BY_NAME[name].env for name in values)
+    assert s.part_size == 2**20 and s.memory_budget == 64 * 2**20 and s.fsync is False
+    assert s.instruments == ("wfi",) and s.mappings_only and s.allow_fetch and s.progress_interval == 0.5
+
+
+def test_settings_fields_are_exactly_the_options():
+    positional = {"observatory", "environment", "command", "sources"}
+    names = {f.name for f in dataclasses.fields(settings.Settings)} - positional
+    assert names == {option.name for option in settings.OPTIONS}
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["jwst", "ops"], {}, "no CRDS S3 cache"),
+    (["roman", "prod"], {}, "unknown environment 'prod' for roman"),
+    (["hst", "int"], {}, "unknown environment 'int' for hst"),
+    (["strun", "x"], {}, "unknown observatory 'strun'"),
+    ([], {}, "OBSERVATORY and ENVIRONMENT are missing"),
+    (["roman"], {}, "ENVIRONMENT is missing"),
+    (["roman", "ops", "--concurrency", "0"], {}, "bad value for --concurrency"),
+    (["roman", "ops", "--log-format", "xml"], {}, "invalid choice"),
+    (["roman", "ops"], {"CRDS_JOB_DRY_RUN": "maybe"}, "CRDS_JOB_DRY_RUN"),
+    (["roman", "ops"], {"CRDS_JOB_PART_SIZE": "big"}, "byte count"),
+    (["roman", "ops", "--no-such-option"], {}, "unrecognized arguments"),
+    (["x"], {"CRDS_JOB_OBSERVATORY": "roman"}, "CRDS_JOB_ENVIRONMENT is missing"),
+])
+def test_bad_input_is_a_usage_error_with_exit_64(argv, env, message):
+    with pytest.raises(UsageError) as caught:
+        parse(argv, **env)
+    assert message in str(caught.value)
+    assert caught.value.exit_code == ExitCode.USAGE == 64
+
+
+def test_empty_twins_count_as_unset():
+    s = parse(["roman", "ops"], CRDS_JOB_CONCURRENCY="", CRDS_CONTEXT=" ")
+    assert s.concurrency == settings.OPTION_BY_NAME["concurrency"].default
+    assert s.context is None
+
+
+def test_sizes_and_lists():
+    assert settings.parse_size("8388608") == 8 * 2**20
+    assert settings.parse_size("8MiB") == settings.parse_size("8m") == 8 * 2**20
+    assert settings.parse_size("2G") == 2 * 2**30
+    assert settings.parse_list("WFI, acs  cos") == ("wfi", "acs", "cos")
+    with pytest.raises(ValueError):
+        settings.parse_size("-1")
+
+
+def test_env_names_lists_twins_and_crds_variables():
+    names = settings.env_names()
+    assert "CRDS_JOB_OBSERVATORY" in names and "CRDS_JOB_DRY_RUN" in names
+    assert {"CRDS_CONTEXT", "CRDS_PATH", "CRDS_S3_BUCKET", "CRDS_S3_PREFIX", "CRDS_REF_SUBDIR_MODE"} <= set(names)
