@@ -1,0 +1,278 @@
+"""The local CRDS cache (``CRDS_PATH``): where each file goes, and how it gets there safely.
+
+The layout is the crds client's: ``mappings/<obs>/``, ``references/<obs>/``
+(flat, or one folder per instrument), ``config/<obs>/``. The client learns the
+reference layout only from ``config/<obs>/ref_cache_subdir_mode``, so that
+file is always written, and an existing cache keeps the layout it has.
+
+A file reaches its final name only by ``rename`` after its size and sha1
+matched, so a final name never holds partial or unverified bytes. The bytes
+are written to ``.<name>.crds-job.part`` beside it, and that temp file is also
+the lock: its writer holds an exclusive ``flock`` on it, so several processes
+(or pods sharing a volume) never write the same file at once, a waiting one
+takes over a temp file whose writer died, and a stale temp file left by a
+killed job is removed by the next run. ``flock`` is honoured across NFSv4/EFS
+clients; on a volume mounted without locking, files are still never corrupt,
+but two writers may both download the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import names
+from .errors import CacheError, DiskFullError
+from .plan import Entry
+
+MODE_FILE = "ref_cache_subdir_mode"
+MODES = ("flat", "instrument")
+DEFAULT_MODE = "flat"  # as S3 stores references, and as crds_s3_set configures
+TEMP_SUFFIX = ".crds-job.part"
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def temp_path(final: str) -> str:
+    folder, name = os.path.split(final)
+    return os.path.join(folder, f".{name}{TEMP_SUFFIX}")
+
+
+def disk_full(exc: OSError, path: str) -> DiskFullError | None:
+    """The clear error for ENOSPC/EDQUOT while writing ``path``, else None."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            f"the cache filesystem ran out of space writing {path}",
+            "give the cache volume more room (see --dry-run for the bytes needed) or warm fewer files",
+        )
+    return None
+
+
+@dataclass
+class Claim:
+    """The exclusive right to write one cache file: an open, flock'ed temp file.
+
+    It ends exactly once, by ``commit`` or ``release``: the descriptor is
+    closed once only, since a number closed twice may by then belong to
+    another file opened by another thread.
+    """
+
+    fd: int
+    temp: str
+    final: str
+    open: bool = True
+
+    def _close(self) -> None:
+        if self.open:
+            self.open = False
+            os.close(self.fd)
+
+    def release(self) -> None:
+        """Give up without committing: the temp file goes, the lock with it."""
+        if not self.open:
+            return
+        try:
+            os.unlink(self.temp)
+        except FileNotFoundError:
+            pass
+        finally:
+            self._close()
+
+    def commit(self, fsync: bool) -> None:
+        """Make the (verified) temp file the final file, atomically."""
+        try:
+            if fsync:
+                os.fsync(self.fd)
+            os.rename(self.temp, self.final)
+        except OSError as exc:
+            self.release()
+            raise disk_full(exc, self.final) or CacheError(
+                f"could not move {self.temp} into place: {exc.strerror}",
+                "check the cache volume's permissions and health",
+            ) from exc
+        self._close()
+
+
+def _try_lock(final: str) -> Claim | None:
+    """One non-blocking attempt at the temp-file lock of ``final``."""
+    temp = temp_path(final)
+    try:
+        fd = os.open(temp, _OPEN_FLAGS, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CacheError(f"{temp} is a symbolic link",
+                             "remove it; crds-job never follows links in the cache") from None
+        raise disk_full(exc, temp) or CacheError(
+            f"cannot create {temp}: {exc.strerror}", "make the cache directory writable by the job's user"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    # We hold a lock, but on which inode? A writer that finished renamed it away.
+    try:
+        same = os.lstat(temp).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    return Claim(fd=fd, temp=temp, final=final)
+
+
+class Cache:
+    """One observatory's part of a CRDS cache directory."""
+
+    def __init__(self, root: str, observatory: str, mode: str) -> None:
+        self.root = root
+        self.observatory = observatory
+        self.mode = mode
+
+    # ----- layout -------------------------------------------------------------------------
+
+    def folder(self, area: str, instrument: str = "") -> str:
+        parts = [self.root, area, self.observatory]
+        if area == "references" and self.mode == "instrument" and instrument:
+            parts.append(instrument)
+        return os.path.join(*parts)
+
+    def path(self, entry: Entry) -> str:
+        return os.path.join(self.folder(entry.area, entry.instrument), names.check_name(entry.name))
+
+    def relpath(self, entry: Entry) -> str:
+        return os.path.relpath(self.path(entry), self.root)
+
+    def config_path(self, name: str) -> str:
+        return os.path.join(self.folder("config"), name)
+
+    # ----- opening ------------------------------------------------------------------------
+
+    @staticmethod
+    def existing_mode(root: str, observatory: str) -> str | None:
+        try:
+            with open(os.path.join(root, "config", observatory, MODE_FILE)) as handle:
+                return handle.read().strip() or None
+        except FileNotFoundError:
+            return None
+
+    @classmethod
+    def open(cls, root: str, observatory: str, requested_mode: str | None) -> Cache:
+        """The cache at ``root``, in the layout it already has, else ``requested_mode``."""
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise CacheError(f"cache path {root} exists and is not a directory", "point --cache at a directory")
+        existing = cls.existing_mode(root, observatory)
+        if existing is not None and existing not in MODES:
+            raise CacheError(f"cache {root} is organised {existing!r}, which crds-job cannot fill",
+                             f"use a cache organised {' or '.join(MODES)}")
+        if existing and requested_mode and existing != requested_mode:
+            raise CacheError(
+                f"cache {root} is organised {existing!r}, but {requested_mode!r} was asked for",
+                "drop --ref-subdir-mode / CRDS_REF_SUBDIR_MODE or use another cache directory",
+            )
+        return cls(root, observatory, existing or requested_mode or DEFAULT_MODE)
+
+    def writable(self) -> bool:
+        """False when the cache is on a read-only mount or not ours to write."""
+        probe = self.root
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        return os.access(probe, os.W_OK)
+
+    def ensure_folder(self, folder: str) -> None:
+        """Create ``folder`` inside the cache, refusing any link that leads outside it."""
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise disk_full(exc, folder) or CacheError(
+                f"cannot create {folder}: {exc.strerror}", "make the cache directory writable by the job's user"
+            ) from exc
+        root = os.path.realpath(self.root)
+        if os.path.commonpath([root, os.path.realpath(folder)]) != root:
+            raise CacheError(f"{folder} leads outside the cache {self.root} through a symbolic link",
+                             "remove the link; crds-job writes only inside the cache")
+
+    # ----- state of files -----------------------------------------------------------------
+
+    def present_size(self, path: str) -> int | None:
+        """The size of the regular file at ``path``, None if absent; a link is refused."""
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(info.st_mode):
+            raise CacheError(f"{path} is a symbolic link", "remove it; crds-job never follows links in the cache")
+        if not stat.S_ISREG(info.st_mode):
+            raise CacheError(f"{path} is not a regular file", "remove it and run the job again")
+        return info.st_size
+
+    # ----- writing ------------------------------------------------------------------------
+
+    async def claim(self, final: str, poll: float = 0.2) -> Claim:
+        """Wait for the exclusive right to write ``final`` (another writer may hold it)."""
+        self.ensure_folder(os.path.dirname(final))
+        while True:
+            claim = _try_lock(final)
+            if claim is not None:
+                return claim
+            await asyncio.sleep(poll)
+
+    def write_now(self, final: str, data: bytes, fsync: bool) -> bool:
+        """Write small ``data`` to ``final`` atomically, unless another writer holds it.
+
+        Returns False when another process is writing the same file right now;
+        the caller decides whether that matters.
+        """
+        self.ensure_folder(os.path.dirname(final))
+        claim = _try_lock(final)
+        if claim is None:
+            return False
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(claim.fd, view):]
+        except OSError as exc:
+            claim.release()
+            raise disk_full(exc, final) or CacheError(f"cannot write {final}: {exc.strerror}",
+                                                      "check the cache volume") from exc
+        claim.commit(fsync)
+        return True
+
+    def stale_temps(self) -> Iterator[str]:
+        """Temp files under this observatory's folders (ours, or left by killed jobs)."""
+        for area in ("mappings", "references", "config"):
+            top = self.folder(area)
+            for folder, _dirs, files in os.walk(top):
+                for name in files:
+                    if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                        yield os.path.join(folder, name)
+
+    def sweep(self) -> int:
+        """Remove temp files whose writer is gone; those still locked are left alone."""
+        removed = 0
+        for temp in self.stale_temps():
+            final = os.path.join(os.path.dirname(temp), os.path.basename(temp)[1:-len(TEMP_SUFFIX)])
+            claim = _try_lock(final)
+            if claim is not None:
+                claim.release()
+                removed += 1
+        return removed
+
+    def check_space(self, needed: int) -> None:
+        """Refuse to start a warm the filesystem cannot hold."""
+        probe = self.root
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        free = shutil.disk_usage(probe).free
+        if needed > free:
+            raise DiskFullError(
+                f"the cache filesystem has {free} bytes free but the warm needs {needed} "
+                f"(short by {needed - free})",
+                "give the cache volume more room, or narrow the warm (--instruments, --datasets)",
+            )

@@ -1,0 +1,118 @@
+"""``crds-job``: parse, warm, then exec the command (or print the plan).
+
+Everything that can go wrong ends here as one log line on stderr and a
+distinct exit code (``errors.ExitCode``); stdout carries nothing of ours
+except the plan of ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from . import launch, logs
+from . import settings as settings_module
+from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
+from .settings import Settings
+from .warm import Outcome, warm
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def run_warm(settings: Settings, log: object) -> Outcome:
+    """Run the warm in an event loop that turns SIGINT/SIGTERM into a clean stop.
+
+    The signal cancels the warm; every file being written removes its temp
+    file on the way out, and ``Interrupted`` carries the exit code 128+N.
+    """
+
+    async def guarded() -> Outcome:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        received: list[int] = []
+
+        def stop(signum: int) -> None:
+            received.append(signum)
+            task.cancel()
+
+        for signum in _SIGNALS:
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await warm(settings, log)
+        except asyncio.CancelledError:
+            if received:
+                raise Interrupted(received[0]) from None
+            raise
+        finally:
+            for signum in _SIGNALS:
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(guarded())
+
+
+def write_env_file(path: str, text: str) -> None:
+    """Write the env file atomically: a reader never sees half of it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=".crds-job-env-")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def _fail(log: object, error: CrdsJobError) -> int:
+    log.error(str(error), error=type(error).__name__, exit_code=int(error.exit_code))  # type: ignore[attr-defined]
+    return int(error.exit_code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run crds-job; returns the exit code (the command's own, once exec'd, is never seen here)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    environ = os.environ
+    boot_format = environ.get(settings_module.OPTION_BY_NAME["log_format"].env, "json")
+    logs.configure("console" if boot_format.strip().lower() == "console" else "json")
+    log = logs.get_logger()
+    try:
+        settings = settings_module.parse(argv, environ)
+    except UsageError as error:
+        return _fail(log, error)
+    logs.configure(settings.log_format, settings.log_level)
+    log = logs.get_logger(observatory=settings.observatory, environment=settings.environment)
+    log.info("starting", **settings.describe())
+    try:
+        outcome = run_warm(settings, log)
+        if settings.dry_run:
+            sys.stdout.write(json.dumps(outcome.report(), indent=1) + "\n")
+            sys.stdout.flush()
+            return ExitCode.OK
+        changes = launch.crds_environment(settings.location, outcome.cache.root, outcome.context,
+                                          outcome.cache.mode, settings.allow_fetch)
+        if settings.env_file:
+            write_env_file(settings.env_file, launch.shell_script(changes))
+            log.info("wrote the command's CRDS environment", env_file=settings.env_file)
+        if not settings.command:
+            return ExitCode.OK
+        log.info("exec", command=list(settings.command), context=outcome.context,
+                 offline=not settings.allow_fetch)
+        launch.exec_command(settings.command, launch.apply(environ, changes))
+    except CrdsJobError as error:
+        return _fail(log, error)
+    except Exception as error:  # a bug: say so with the traceback, and a code of its own
+        log.exception("internal error", error=type(error).__name__)
+        return ExitCode.INTERNAL
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Moving bytes from the bucket into the cache, concurrently and verified.
+
+Every file is fetched as one GET, or, when larger than the part size, as
+ranged GETs in flight together. Two bounds hold whatever the file sizes:
+requests in flight (``concurrency``) and bytes held in memory
+(``memory_budget``: a part is fetched only once its bytes fit). Parts are
+written in order, and the sha1 is computed as they are written (in a worker
+thread, beside the event loop), so no file is ever read twice nor held whole.
+
+A file whose body is cut short or does not match its size and sha1 is
+fetched again, up to ``retries`` times with jittered exponential backoff;
+after that the job stops with an integrity or S3 error, and the cache keeps
+only what was verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import hashlib
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+from .cache import Cache, disk_full
+from .errors import CacheError, IntegrityError
+from .plan import Entry
+from .progress import Progress
+from .remote import Bucket, Transient
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 20.0
+#: Threads for hashing and writing: sha1 and write() release the GIL.
+DISK_THREADS = 4
+
+
+class Mismatch(Exception):
+    """The bytes received are not the file the bucket publishes (retryable)."""
+
+
+class ByteBudget:
+    """A first-come, first-served semaphore counted in bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.available = capacity
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, amount: int) -> None:
+        amount = min(amount, self.capacity)
+        if not self._waiters and self.available >= amount:
+            self.available -= amount
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((amount, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(amount)  # granted just as we were cancelled
+            else:
+                self._waiters.remove((amount, future))
+            raise
+
+    def release(self, amount: int) -> None:
+        self.available += min(amount, self.capacity)
+        while self._waiters and self._waiters[0][0] <= self.available:
+            amount, future = self._waiters.popleft()
+            if not future.done():
+                self.available -= amount
+                future.set_result(None)
+
+
+def ranges(size: int, part_size: int) -> list[tuple[int, int]]:
+    """The [start, end) byte ranges a file of ``size`` is fetched in."""
+    return [(start, min(start + part_size, size)) for start in range(0, size, part_size)] or [(0, 0)]
+
+
+def backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff before ``attempt`` (2, 3, ...)."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 2)))
+
+
+def _write_all(fd: int, digest: Any, data: bytes) -> None:
+    digest.update(data)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Fetcher:
+    """Fetches entries from one bucket into one cache, within the job's bounds."""
+
+    def __init__(self, bucket: Bucket, settings: Any, progress: Progress, log: Any) -> None:
+        self.bucket = bucket
+        self.part_size = min(settings.part_size, settings.memory_budget)
+        self.retries = settings.retries
+        self.fsync = settings.fsync
+        self.progress = progress
+        self.log = log
+        self._requests = asyncio.Semaphore(settings.concurrency)
+        self._files = asyncio.Semaphore(settings.concurrency)
+        self._budget = ByteBudget(settings.memory_budget)
+        self._pool = concurrent.futures.ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="crds-job-disk")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking disk work in the pool; if cancelled, let it finish first.
+
+        A thread cannot be stopped, and it may be writing to a descriptor the
+        caller is about to close: returning before it ends could let it write
+        into whatever file reuses that descriptor.
+        """
+        future = self._pool.submit(function, *args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            concurrent.futures.wait([future])
+            raise
+
+    # ----- one pass over a file's bytes -------------------------------------------------------
+
+    async def _part(self, entry: Entry, start: int, end: int, whole: bool) -> bytes:
+        async with self._requests:
+            if whole:
+                data = await self.bucket.read(entry.area, entry.name)
+            else:
+                data = await self.bucket.read(entry.area, entry.name, start, end)
+        self.progress.bytes_transferred += len(data)
+        if not whole and len(data) != end - start:
+            raise Mismatch(f"a ranged GET of {entry.name} returned {len(data)} bytes, not {end - start}")
+        return data
+
+    async def _stream(self, entry: Entry, sink: Callable[[bytes], None]) -> None:
+        """Pass ``entry``'s bytes, in order, to ``sink`` (run in the disk pool)."""
+        spans = ranges(entry.size, self.part_size)
+        if len(spans) == 1:
+            await self._budget.acquire(entry.size)
+            try:
+                data = await self._part(entry, 0, entry.size, whole=True)
+                await self.in_thread(sink, data)
+            finally:
+                self._budget.release(entry.size)
+            return
+        # Parts start in order, each once its bytes fit in the budget, and are
+        # written in order: the part being waited for always holds its budget,
+        # so the pipeline cannot deadlock however many files share the budget.
+        queue: asyncio.Queue[tuple[asyncio.Task[bytes], int] | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            for start, end in spans:
+                await self._budget.acquire(end - start)
+                task = asyncio.ensure_future(self._part(entry, start, end, whole=False))
+                await queue.put((task, end - start))
+            await queue.put(None)
+
+        producer = asyncio.ensure_future(produce())
+        held: list[tuple[asyncio.Task[bytes], int]] = []
+        try:
+            while (item := await queue.get()) is not None:
+                task, amount = item
+                held.append(item)
+                data = await task
+                await self.in_thread(sink, data)
+                held.remove(item)
+                self._budget.release(amount)
+            await producer
+        finally:
+            producer.cancel()
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item is not None:
+                    held.append(item)
+            for task, amount in held:
+                task.cancel()
+                self._budget.release(amount)
+            await asyncio.gather(producer, *(task for task, _ in held), return_exceptions=True)
+
+    @staticmethod
+    def _check(entry: Entry, size: int, sha1: str) -> None:
+        if size != entry.size:
+            raise Mismatch(f"{entry.name} arrived with {size} bytes, the bucket publishes {entry.size}")
+        if entry.sha1 and sha1 != entry.sha1:
+            raise Mismatch(f"{entry.name} arrived with sha1 {sha1}, the bucket publishes {entry.sha1}")
+
+    # ----- retries ----------------------------------------------------------------------------
+
+    async def with_retries(self, entry: Entry, attempt_once: Callable[[], Any]) -> Any:
+        """Run ``attempt_once`` until it succeeds, retrying mismatches and transient S3 errors."""
+        failure: Exception | None = None
+        for attempt in range(1, self.retries + 1):
+            if failure is not None:
+                delay = backoff(attempt)
+                self.progress.retries += 1
+                self.log.warning("retrying", file=entry.name, attempt=attempt, of=self.retries,
+                                 delay_s=round(delay, 2), error=str(failure))
+                await asyncio.sleep(delay)
+            try:
+                return await attempt_once()
+            except Mismatch as exc:
+                if attempt == self.retries:
+                    raise IntegrityError(
+                        f"{exc}; still wrong after {self.retries} attempts",
+                        "the bucket's object or its metadata is corrupt: pin another context or report it",
+                    ) from exc
+                failure = exc
+            except Transient as exc:
+                if attempt == self.retries:
+                    raise
+                failure = exc
+
+    # ----- the two uses -----------------------------------------------------------------------
+
+    async def fetch_bytes(self, entry: Entry) -> bytes:
+        """The verified bytes of a (small) file, e.g. a mapping or the bucket's config."""
+
+        async def once() -> bytes:
+            chunks: list[bytes] = []
+            digest = hashlib.sha1()
+
+            def keep(data: bytes) -> None:
+                digest.update(data)
+                chunks.append(data)
+
+            await self._stream(entry, keep)
+            data = b"".join(chunks)
+            self._check(entry, len(data), digest.hexdigest())
+            return data
+
+        return await self.with_retries(entry, once)
+
+    async def fetch_file(self, entry: Entry, cache: Cache, replace: bool = False) -> bool:
+        """Put ``entry`` in ``cache``, verified. False if another writer put it there first.
+
+        ``replace`` refetches a file whose size is right but whose sha1 was found wrong.
+        """
+        async with self._files:  # bounds open temp files, not only requests
+            return await self._fetch_file(entry, cache, replace)
+
+    async def _fetch_file(self, entry: Entry, cache: Cache, replace: bool) -> bool:
+        final = cache.path(entry)
+        claim = await cache.claim(final)
+        try:
+            if not replace and cache.present_size(final) == entry.size:
+                claim.release()  # another process finished it while we waited
+                self.progress.files_present += 1
+                self.progress.bytes_present += entry.size
+                return False
+        except BaseException:
+            claim.release()
+            raise
+
+        async def once() -> None:
+            os.lseek(claim.fd, 0, os.SEEK_SET)
+            os.ftruncate(claim.fd, 0)
+            digest = hashlib.sha1()
+            await self._stream(entry, lambda data: _write_all(claim.fd, digest, data))
+            self._check(entry, os.fstat(claim.fd).st_size, digest.hexdigest())
+
+        try:
+            await self.with_retries(entry, once)
+            await self.in_thread(claim.commit, self.fsync)
+        except OSError as exc:
+            raise disk_full(exc, final) or CacheError(f"cannot write {final}: {exc.strerror}",
+                                                      "check the cache volume") from exc
+        finally:
+            claim.release()  # a no-op once committed
+        self.progress.files_fetched += 1
+        self.progress.bytes_fetched += entry.size
+        return True
+
+
+async def fetch_all(
+    fetcher: Fetcher, cache: Cache, entries: list[Entry], replace: frozenset[str] = frozenset()
+) -> None:
+    """Fetch every entry; the first failure cancels the rest, and is raised."""
+    tasks = [asyncio.ensure_future(fetcher.fetch_file(entry, cache, entry.name in replace)) for entry in entries]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+

@@ -1,0 +1,101 @@
+"""Handing over to the calibration command: its CRDS environment, then exec.
+
+By default the command's crds works from the warmed cache alone: read-only,
+a "serverless" server URL (the client then makes no JSON-RPC call), and none
+of the S3 variables (with ``CRDS_CONFIG_URI`` left set the client re-reads
+the bucket's config on every run). ``--allow-fetch`` instead exports what
+``crds_s3_set`` would, so that a cache miss is fetched from S3 by crds itself.
+
+The command replaces our process (``execvpe``): its signals and exit code are
+its own, and nothing of ours runs after it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from .environments import Location
+from .errors import CommandNotExecutable, CommandNotFound
+
+#: What crds_s3_set exports to make the client read S3: removed for offline runs.
+S3_VARIABLES = (
+    "CRDS_MODE", "CRDS_S3_ENABLED", "CRDS_S3_RETURN_URI", "CRDS_S3_BUCKET", "CRDS_S3_PREFIX",
+    "CRDS_CONFIG_URI", "CRDS_MAPPING_URI", "CRDS_REFERENCE_URI", "CRDS_PICKLE_URI",
+    "CRDS_DOWNLOAD_MODE", "CRDS_DOWNLOAD_PLUGIN", "CRDS_REF_SUBDIR_MODE",
+)
+#: Overrides of single cache folders: they would send crds elsewhere than CRDS_PATH.
+PATH_OVERRIDES = tuple(
+    f"CRDS_{part}{suffix}"
+    for part in ("PATH", "MAPPATH", "REFPATH", "CFGPATH", "PICKLEPATH")
+    for suffix in ("_SINGLE", "")
+    if (part, suffix) != ("PATH", "")
+)
+#: crds_s3_get's command template (the client fills in the ${...} fields itself).
+S3_PLUGIN = "crds_s3_get ${FILENAME} -d ${OUTPUT_PATH} -s ${FILE_SIZE} -c ${FILE_SHA1SUM}"
+
+
+def crds_environment(
+    location: Location, cache: str, context: str, ref_mode: str, allow_fetch: bool
+) -> dict[str, str | None]:
+    """The CRDS variables to set (str) or unset (None) for the command."""
+    changes: dict[str, str | None] = dict.fromkeys(PATH_OVERRIDES + S3_VARIABLES)
+    changes.update({
+        "CRDS_PATH": cache,
+        "CRDS_CONTEXT": context,
+        "CRDS_OBSERVATORY": location.observatory,
+        "CRDS_SERVER_URL": location.server_url,
+    })
+    if allow_fetch:
+        changes.update({
+            "CRDS_READONLY_CACHE": None,
+            "CRDS_MODE": "s3",
+            "CRDS_S3_ENABLED": "1",
+            "CRDS_S3_RETURN_URI": "0",
+            "CRDS_S3_BUCKET": location.bucket,
+            "CRDS_S3_PREFIX": location.prefix,
+            "CRDS_CONFIG_URI": location.uri("config"),
+            "CRDS_MAPPING_URI": location.uri("mappings"),
+            "CRDS_REFERENCE_URI": location.uri("references"),
+            "CRDS_DOWNLOAD_MODE": "plugin",
+            "CRDS_DOWNLOAD_PLUGIN": S3_PLUGIN,
+            "CRDS_REF_SUBDIR_MODE": ref_mode,
+        })
+    else:
+        changes["CRDS_READONLY_CACHE"] = "1"
+    return changes
+
+
+def apply(environ: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
+    """``environ`` with ``changes`` applied (None unsets)."""
+    env = dict(environ)
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def shell_script(changes: Mapping[str, str | None]) -> str:
+    """``changes`` as POSIX shell lines, for ``. FILE`` in another container."""
+    lines = ["# CRDS environment written by crds-job: source it before running crds"]
+    for name, value in sorted(changes.items()):
+        lines.append(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def exec_command(command: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+    """Replace this process with ``command``; raise only if it cannot start."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], list(command), dict(env))
+    except FileNotFoundError:
+        raise CommandNotFound(f"command {command[0]!r} not found", "check the command and the image's PATH") from None
+    except OSError as exc:
+        raise CommandNotExecutable(f"command {command[0]!r} could not start: {exc.strerror}",
+                                   "check the command's permissions and the image") from None

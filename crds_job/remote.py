@@ -1,0 +1,184 @@
+"""Reading the bucket: one s3fs filesystem, its credentials, and what its errors mean.
+
+The endpoint, region and credentials follow the AWS SDK's own conventions
+(``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, web identity
+for IRSA, instance roles...), so the same job runs against AWS and against a
+local S3 server. A public bucket is read unsigned when no credentials exist.
+
+Retries are split by layer: the AWS SDK retries each request (standard mode:
+jittered exponential backoff, throttling-aware); s3fs's own retry loop is off,
+so that a body cut short surfaces to ``fetch``, which retries the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from typing import Any
+
+import aiobotocore.session
+import botocore.exceptions
+import s3fs
+
+from .environments import Location
+from .errors import CrdsJobError, S3AccessError
+
+#: Server answers that mean "try again later".
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+}
+_CREDENTIAL_CODES = {
+    "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "InvalidToken", "TokenRefreshRequired",
+}
+
+
+class Transient(S3AccessError):
+    """An S3 failure that may pass: worth another attempt of the same file."""
+
+
+class Missing(S3AccessError):
+    """The object is not in the bucket."""
+
+
+def _client_error(exc: BaseException) -> botocore.exceptions.ClientError | None:
+    """The botocore ClientError behind an exception s3fs translated to OSError."""
+    while exc is not None:
+        if isinstance(exc, botocore.exceptions.ClientError):
+            return exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def translate(exc: BaseException, uri: str, location: Location, credentials: str) -> CrdsJobError:
+    """Say in one line what an S3 failure means for this job, and what to do."""
+    if isinstance(exc, CrdsJobError):
+        return exc
+    client_error = _client_error(exc)
+    code = str(client_error.response.get("Error", {}).get("Code", "")) if client_error else ""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError) or (
+        isinstance(exc, botocore.exceptions.PartialCredentialsError)
+    ):
+        return S3AccessError(
+            f"no AWS credentials to read private bucket {location.bucket}",
+            "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or give the job an IAM role",
+        )
+    if code in _CREDENTIAL_CODES:
+        return S3AccessError(
+            f"S3 refused the credentials ({credentials}) with {code} reading {uri}",
+            "refresh or replace the AWS credentials of the job",
+        )
+    if (code in ("AccessDenied", "403", "AllAccessDisabled") or isinstance(exc, PermissionError)) and (
+        credentials == "anonymous"
+    ):
+        return S3AccessError(
+            f"access denied reading {uri} without credentials",
+            "the bucket is not public to anonymous requests: give the job AWS credentials",
+        )
+    if code in ("AccessDenied", "403", "AllAccessDisabled") or isinstance(exc, PermissionError):
+        return S3AccessError(
+            f"access denied reading {uri} (credentials: {credentials})",
+            f"grant s3:GetObject and s3:ListBucket on {location.uri('')} to the job's role",
+        )
+    if code == "NoSuchBucket":
+        return S3AccessError(
+            f"bucket {location.bucket} does not exist at this endpoint",
+            "check --bucket and AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL",
+        )
+    if code in ("NoSuchKey", "404") or isinstance(exc, FileNotFoundError):
+        return Missing(
+            f"{uri} is missing from the bucket",
+            "the bucket is incomplete or changing; run the job again later or pin another context",
+        )
+    if code in _TRANSIENT_CODES or isinstance(
+        exc,
+        (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionError,
+            botocore.exceptions.HTTPClientError,
+            botocore.exceptions.ReadTimeoutError,
+            asyncio.TimeoutError,
+            ConnectionError,
+        ),
+    ) or (isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET)):
+        return Transient(
+            f"S3 kept failing reading {uri}: {type(exc).__name__}: {str(exc)[:200]}",
+            "check the endpoint and network, or run the job again; S3 may be throttling",
+        )
+    return Transient(
+        f"reading {uri} failed: {type(exc).__name__}: {str(exc)[:200]}",
+        "run the job again; if it persists, report it with this line",
+    )
+
+
+async def _credential_source() -> str | None:
+    """How the AWS SDK would sign requests ('env', 'iam-role', ...), or None without credentials."""
+    session = aiobotocore.session.AioSession()
+    credentials = await session.get_credentials()
+    if credentials is None:
+        return None
+    return str(getattr(credentials, "method", "unknown"))
+
+
+class Bucket:
+    """Async reads of one observatory/environment's objects.
+
+    Use as ``async with Bucket(location, concurrency, retries) as bucket``.
+    """
+
+    def __init__(self, location: Location, concurrency: int, retries: int) -> None:
+        self.location = location
+        self.concurrency = concurrency
+        self.retries = retries
+        self.credentials = "unknown"
+        self._fs: s3fs.S3FileSystem | None = None
+        self._session: Any = None
+
+    async def __aenter__(self) -> Bucket:
+        source = await _credential_source()
+        if source is None and not self.location.public:
+            raise translate(botocore.exceptions.NoCredentialsError(), self.location.uri(""),
+                            self.location, "none")
+        self.credentials = source or "anonymous"
+        self._fs = s3fs.S3FileSystem(
+            asynchronous=True,
+            anon=source is None,
+            skip_instance_cache=True,
+            max_concurrency=1,  # we split large files ourselves, within the memory budget
+            config_kwargs={
+                "retries": {"mode": "standard", "max_attempts": self.retries},
+                "max_pool_connections": self.concurrency,
+                "connect_timeout": 10,
+                "read_timeout": 60,
+            },
+        )
+        self._fs.retries = 1  # body errors go up to fetch, which retries the whole file
+        self._session = await self._fs.set_session()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def fs(self) -> s3fs.S3FileSystem:
+        assert self._fs is not None, "use Bucket as an async context manager"
+        return self._fs
+
+    async def read(self, area: str, name: str, start: int | None = None, end: int | None = None) -> bytes:
+        """The bytes of ``name`` in ``area`` (``[start, end)`` if given)."""
+        path = self.location.path(area, name)
+        try:
+            return await self.fs._cat_file(path, start=start, end=end)
+        except Exception as exc:  # every S3 failure becomes one clear error
+            raise translate(exc, self.location.uri(area, name), self.location, self.credentials) from exc
+
+    async def list_names(self, area: str, suffix: str) -> list[str]:
+        """Names in ``area`` ending with ``suffix`` (e.g. the contexts still in the bucket)."""
+        folder = self.location.path(area)
+        try:
+            listing = await self.fs._ls(folder, detail=False, refresh=True)
+        except Exception as exc:
+            raise translate(exc, self.location.uri(area), self.location, self.credentials) from exc
+        return sorted(path.rsplit("/", 1)[-1] for path in listing if path.endswith(suffix))

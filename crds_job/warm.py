@@ -1,0 +1,298 @@
+"""One warm: resolve the context, load its mappings, plan, fetch what is missing.
+
+The steps, in the order a reader would check them:
+
+1. read the bucket's ``server_config`` and resolve the context to a .pmap;
+2. load the context's mapping closure (pmap, imaps, rmaps), each mapping
+   taken from the cache when its sha1 matches, else fetched, verified and
+   written; parse each as data;
+3. plan the references, look at what the cache already holds;
+4. fetch the rest (unless ``--dry-run``), then write the cache's config files
+   last, so a cache with a config is a cache whose files are all there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import mapping, plan, server_config
+from .cache import MODE_FILE, Cache
+from .errors import BucketContentError, CacheError, UsageError
+from .fetch import Fetcher, fetch_all
+from .progress import Progress, report_periodically
+from .remote import Bucket, Missing
+from .settings import Settings
+
+#: A mapping is text of a few kB to a few MB; far more is not a mapping.
+MAX_MAPPING_BYTES = 64 * 2**20
+
+
+@dataclass
+class Outcome:
+    """What a warm found and did."""
+
+    settings: Settings
+    cache: Cache
+    context: str
+    plan: plan.Plan
+    to_fetch: list[plan.Entry]
+    progress: Progress
+    fetched: bool = False
+    unchecked_sha1: list[str] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        """The plan as ``--dry-run`` prints it: every file, its bytes, whether it is cached."""
+        missing = {entry.name for entry in self.to_fetch}
+        files = [
+            {
+                "name": entry.name,
+                "kind": entry.kind,
+                "instrument": entry.instrument or None,
+                "size": entry.size,
+                "sha1": entry.sha1 or None,
+                "path": self.cache.relpath(entry),
+                "cached": entry.name not in missing,
+            }
+            for entry in self.plan.entries
+        ]
+        fetch_bytes = sum(entry.size for entry in self.to_fetch)
+        location = self.settings.location
+        return {
+            "observatory": location.observatory,
+            "environment": location.environment,
+            "bucket": location.bucket,
+            "prefix": location.prefix,
+            "context": self.context,
+            "cache": self.cache.root,
+            "ref_subdir_mode": self.cache.mode,
+            "instruments": list(self.settings.instruments) or list(self.plan.instruments),
+            "totals": {
+                "files": len(files),
+                "bytes": self.plan.total_bytes,
+                "mappings": len(self.plan.mappings),
+                "references": len(self.plan.references),
+                "cached_files": len(files) - len(self.to_fetch),
+                "cached_bytes": self.plan.total_bytes - fetch_bytes,
+                "fetch_files": len(self.to_fetch),
+                "fetch_bytes": fetch_bytes,
+            },
+            "files": files,
+        }
+
+
+class _Warm:
+    """The state of one warm, threaded through its steps."""
+
+    def __init__(self, settings: Settings, bucket: Bucket, cache: Cache, log: Any) -> None:
+        self.settings = settings
+        self.bucket = bucket
+        self.cache = cache
+        self.log = log
+        self.progress = Progress()
+        self.fetcher = Fetcher(bucket, settings, self.progress, log)
+        self.writable = not settings.dry_run and cache.writable()
+        self.unwritten: list[plan.Entry] = []  # mappings fetched but not written (dry run, read-only cache)
+
+    # ----- step 1 ---------------------------------------------------------------------------
+
+    async def read_config(self) -> server_config.ServerConfig:
+        entry = plan.Entry(name=server_config.NAME, kind="config", size=-1, sha1="")
+        data = await self.fetcher.with_retries(entry, lambda: self.bucket.read("config", server_config.NAME))
+        return server_config.parse(data, self.bucket.location.observatory)
+
+    async def context_absent(self, context: str, pinned: bool) -> Exception:
+        try:
+            there = ", ".join(await self.bucket.list_names("mappings", ".pmap")) or "none"
+        except Exception:  # the listing is a courtesy; the error must still be the context's
+            there = "(the bucket could not be listed)"
+        where = self.bucket.location.uri("mappings")
+        if pinned:
+            return UsageError(f"context {context} is not in {where} (contexts there: {there})",
+                              "pin one of those with --context or CRDS_CONTEXT, or leave it unset for the latest")
+        return BucketContentError(f"the bucket's latest context {context} is not in {where} (contexts there: {there})",
+                                  "the bucket is being updated or is inconsistent; run the job again later")
+
+    # ----- step 2 ---------------------------------------------------------------------------
+
+    async def cached_bytes(self, entry: plan.Entry) -> bytes | None:
+        """The cached copy of a mapping, if its sha1 matches (mappings are small: always checked)."""
+        path = self.cache.path(entry)
+        if self.cache.present_size(path) != entry.size:
+            return None
+
+        def read() -> bytes:
+            with open(path, "rb") as handle:
+                return handle.read()
+
+        data = await self.fetcher.in_thread(read)
+        if entry.sha1 and hashlib.sha1(data).hexdigest() != entry.sha1:
+            self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
+            return None
+        return data
+
+    async def load_mapping(self, entry: plan.Entry) -> mapping.Mapping:
+        if entry.size > MAX_MAPPING_BYTES:
+            raise BucketContentError(f"mapping {entry.name} is {entry.size} bytes, too large for a mapping",
+                                     "report it to the bucket's maintainers")
+        data = await self.cached_bytes(entry)
+        if data is not None:
+            self.progress.files_present += 1
+            self.progress.bytes_present += entry.size
+        else:
+            data = await self.fetcher.fetch_bytes(entry)
+            if self.writable:
+                await self.fetcher.in_thread(self.cache.write_now, self.cache.path(entry), data, self.settings.fsync)
+                self.progress.files_fetched += 1
+                self.progress.bytes_fetched += entry.size
+            else:
+                self.unwritten.append(entry)
+        try:
+            text = data.decode("utf-8")
+            return mapping.parse(entry.name, text, self.bucket.location.observatory,
+                                 check_header_sum=not os.environ.get("CRDS_IGNORE_MAPPING_CHECKSUM"))
+        except (UnicodeDecodeError, mapping.MappingError) as exc:
+            raise BucketContentError(f"mapping {entry.name} is unusable: {exc}",
+                                     "pin another context, or report the mapping to the bucket's maintainers") from None
+
+    async def load_closure(
+        self, pmap: mapping.Mapping, config: server_config.ServerConfig
+    ) -> dict[str, mapping.Mapping]:
+        """Every mapping of the context ``pmap``, loaded level by level (imaps, then rmaps)."""
+        loaded = {pmap.name: pmap}
+        found = [pmap]
+        while found:
+            level = [
+                plan.entry(child, mapping.CHILD_KIND[m.kind], config.metadata, named_by=m.name)
+                for m in found if m.kind != "rmap"
+                for child in m.children if child not in loaded
+            ]
+            level = list({entry.name: entry for entry in level}.values())
+            found = list(await asyncio.gather(*(self.load_mapping(entry) for entry in level)))
+            loaded.update((m.name, m) for m in found)
+        return loaded
+
+    # ----- step 3 ---------------------------------------------------------------------------
+
+    async def survey(self, references: tuple[plan.Entry, ...]) -> tuple[list[plan.Entry], set[str]]:
+        """The references to fetch, and those among them whose cached copy has a wrong sha1."""
+        missing: list[plan.Entry] = []
+        candidates: list[plan.Entry] = []
+        for entry in references:
+            if self.cache.present_size(self.cache.path(entry)) == entry.size:
+                candidates.append(entry)
+            else:
+                missing.append(entry)
+        corrupt: set[str] = set()
+        if self.settings.verify_existing and candidates:
+            sums = await asyncio.gather(*(self.fetcher.in_thread(_sha1_of, self.cache.path(e)) for e in candidates))
+            for entry, digest in zip(candidates, sums, strict=True):
+                if entry.sha1 and digest != entry.sha1:
+                    self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
+                    corrupt.add(entry.name)
+                    missing.append(entry)
+        for entry in candidates:
+            if entry.name not in corrupt:
+                self.progress.files_present += 1
+                self.progress.bytes_present += entry.size
+        return missing, corrupt
+
+    # ----- step 4 ---------------------------------------------------------------------------
+
+    def write_config(self, config: server_config.ServerConfig) -> None:
+        """Write the cache's config files where they differ from what is there."""
+        files = {MODE_FILE: self.cache.mode, "bad_files.txt": "\n".join(config.bad_files)}
+        current = self._read_config_file(server_config.NAME)
+        if current is None or not server_config.same_as_cached(config, current):
+            synced = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            files[server_config.NAME] = server_config.for_cache(config, synced)
+        for name, text in files.items():
+            if name == server_config.NAME or self._read_config_file(name) != text:
+                self.cache.write_now(self.cache.config_path(name), text.encode("utf-8"), self.settings.fsync)
+
+    def _read_config_file(self, name: str) -> str | None:
+        try:
+            with open(self.cache.config_path(name), encoding="utf-8") as handle:
+                return handle.read()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def config_missing(self) -> list[str]:
+        return [name for name in (MODE_FILE, server_config.NAME) if self._read_config_file(name) is None]
+
+
+def _sha1_of(path: str) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(4 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def warm(settings: Settings, log: Any) -> Outcome:
+    """Do one warm (or, with ``dry_run``, only its planning)."""
+    location = settings.location
+    cache = Cache.open(settings.cache, location.observatory, settings.ref_subdir_mode)
+    async with Bucket(location, settings.concurrency, settings.retries) as bucket:
+        job = _Warm(settings, bucket, cache, log)
+        try:
+            return await _run(job, settings, log)
+        finally:
+            job.fetcher.close()
+
+
+async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
+    cache, progress = job.cache, job.progress
+    if job.writable:
+        removed = cache.sweep()
+        if removed:
+            log.info("removed temporary files left by an interrupted job", count=removed)
+    config = await job.read_config()
+    context = server_config.resolve_context(settings.context, config)
+    log.info("context resolved", context=context, requested=settings.context,
+             bucket=job.bucket.location.uri(""), credentials=job.bucket.credentials)
+    if context not in config.metadata:
+        raise await job.context_absent(context, pinned=bool(settings.context))
+    try:
+        pmap = await job.load_mapping(plan.entry(context, "pmap", config.metadata, named_by="the context choice"))
+    except Missing:
+        raise await job.context_absent(context, pinned=bool(settings.context)) from None
+    mappings = await job.load_closure(pmap, config)
+    the_plan = plan.build(context, mappings, config.metadata, settings.instruments, settings.mappings_only)
+    to_fetch, corrupt = await job.survey(the_plan.references)
+    to_fetch = job.unwritten + to_fetch
+    unchecked = [entry.name for entry in the_plan.entries if not entry.sha1]
+    outcome = Outcome(settings=settings, cache=cache, context=context, plan=the_plan,
+                      to_fetch=to_fetch, progress=progress, unchecked_sha1=unchecked)
+    progress.files_total, progress.bytes_total = len(the_plan.entries), the_plan.total_bytes
+    log.info("plan", context=context, mappings=len(the_plan.mappings), references=len(the_plan.references),
+             bytes=the_plan.total_bytes, fetch_files=len(to_fetch), fetch_bytes=sum(e.size for e in to_fetch),
+             instruments=list(settings.instruments) or "all", mappings_only=settings.mappings_only)
+    if unchecked:
+        log.warning("the bucket publishes no sha1 for some files: they are checked by size only",
+                    count=len(unchecked), first=unchecked[:5])
+    if settings.dry_run:
+        return outcome
+    if not job.writable:
+        lacking = [entry.name for entry in to_fetch] + job.config_missing()
+        if lacking:
+            raise CacheError(
+                f"cache {cache.root} is read-only and lacks {len(lacking)} file(s), e.g. {lacking[0]}",
+                "warm it with a writable mount first, or mount it writable for this job",
+            )
+        log.info("read-only cache holds every planned file", files=len(the_plan.entries))
+        return outcome
+    cache.check_space(sum(entry.size for entry in to_fetch))
+    reporter = asyncio.ensure_future(report_periodically(progress, log, settings.progress_interval))
+    try:
+        await fetch_all(job.fetcher, cache, to_fetch, frozenset(corrupt))
+    finally:
+        reporter.cancel()
+    job.write_config(config)
+    outcome.fetched = True
+    log.info("warmed", context=context, cache=cache.root, **progress.summary())
+    return outcome

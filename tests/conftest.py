@@ -1,0 +1,144 @@
+"""Fixtures: a real S3 server over HTTP on loopback, seeded buckets, and crds-job as a process.
+
+Nothing of crds-job is patched: every end-to-end test runs ``python -m
+crds_job`` in a subprocess against moto's S3 server, with the environment a
+job would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from crds_job.sample import context, server
+
+ROMAN_PREFIX = "/roman/crds"
+
+
+@pytest.fixture(scope="session")
+def s3() -> server.LocalS3:
+    with server.LocalS3("moto") as running:
+        yield running
+
+
+@dataclass
+class Run:
+    """A finished crds-job process: exit code, stdout, and its log lines parsed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)  # non-JSON lines: the command's own stderr
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.logs if line.get("event") == name]
+
+    def event(self, name: str) -> dict[str, Any]:
+        found = self.events(name)
+        assert found, f"no {name!r} log line in:\n{self.stderr}"
+        return found[-1]
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [line for line in self.logs if line.get("level") == "error"]
+
+
+def parse_logs(stderr: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Split stderr into our JSON log lines and anything else (a command's own output)."""
+    lines, foreign = [], []
+    for text in stderr.splitlines():
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:
+            foreign.append(text)
+    return lines, foreign
+
+
+@dataclass
+class Bucket:
+    """A seeded bucket on the local server, and how to run crds-job against it."""
+
+    s3: server.LocalS3
+    name: str
+    prefix: str
+    sample: context.SampleBucket
+    cache: str
+
+    def key(self, relative: str) -> str:
+        return f"{self.prefix.strip('/')}/{relative}".lstrip("/")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("CRDS", "AWS_"))}
+        base.update(self.s3.client_env())
+        base.update({
+            "CRDS_PATH": self.cache,
+            "CRDS_S3_BUCKET": self.name,
+            "CRDS_S3_PREFIX": self.prefix,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        })
+        base.update(extra)
+        return base
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120, **extra: str) -> Run:
+        return run_job(list(args), env if env is not None else self.env(**extra), timeout=timeout)
+
+    def put(self, relative: str, data: bytes) -> None:
+        self.s3.client().put_object(Bucket=self.name, Key=self.key(relative), Body=data)
+
+    def delete(self, relative: str) -> None:
+        self.s3.client().delete_object(Bucket=self.name, Key=self.key(relative))
+
+    def reseed_config(self) -> None:
+        """Publish the sample's (possibly edited) server_config again."""
+        self.put(f"config/{self.sample.observatory}/server_config", self.sample.server_config())
+
+
+def run_job(args: list[str], env: dict[str, str], timeout: float = 120) -> Run:
+    done = subprocess.run([sys.executable, "-m", "crds_job", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return Run(done.returncode, done.stdout, done.stderr, *parse_logs(done.stderr))
+
+
+def new_bucket(s3: server.LocalS3, sample: context.SampleBucket, cache: str, prefix: str = ROMAN_PREFIX) -> Bucket:
+    name = f"crds-{uuid.uuid4().hex[:16]}"
+    server.seed(s3.client(), name, prefix, sample)
+    return Bucket(s3=s3, name=name, prefix=prefix, sample=sample, cache=cache)
+
+
+@pytest.fixture
+def roman_bucket(s3: server.LocalS3, tmp_path) -> Bucket:
+    """A fresh Roman bucket (two contexts) and an empty cache directory."""
+    return new_bucket(s3, context.roman(), str(tmp_path / "cache"))
+
+
+def cache_files(root: str) -> dict[str, int]:
+    """Every file under ``root`` (relative path -> size), temp files included."""
+    found = {}
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            found[os.path.relpath(path, root)] = os.path.getsize(path)
+    return found
+
+
+def assert_cache_verified(root: str, sample: context.SampleBucket) -> None:
+    """Every mapping/reference in the cache has exactly the bucket's bytes; no temp file is left."""
+    import hashlib
+
+    meta = sample.metadata()
+    for relative in cache_files(root):
+        name = os.path.basename(relative)
+        assert not name.startswith("."), f"a temporary file was left in the cache: {relative}"
+        if relative.startswith(("mappings", "references")):
+            with open(os.path.join(root, relative), "rb") as handle:
+                digest = hashlib.sha1(handle.read()).hexdigest()
+            assert digest == meta[name]["sha1sum"], f"{relative} holds unverified bytes"

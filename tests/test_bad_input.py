@@ -1,0 +1,240 @@
+"""Bad input: one clear line, a distinct exit code, and a cache holding nothing unverified."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import Bucket, Run, assert_cache_verified, cache_files, new_bucket, parse_logs
+
+from crds_job.errors import ExitCode
+from crds_job.sample import context
+from crds_job.sample.context import render_mapping
+
+
+def only_error(run) -> str:
+    """The run's single error line (its message), after checking it is one line."""
+    assert len(run.errors) == 1, run.stderr
+    message = run.errors[0]["event"]
+    assert "\n" not in message and "; " in message, "what is wrong; what to do"
+    return message
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["mars", "ops"], ExitCode.USAGE, "unknown observatory 'mars'"),
+    (["roman", "prod"], ExitCode.USAGE, "unknown environment 'prod' for roman; use one of: ops, test, int, dev"),
+    (["jwst", "ops"], ExitCode.USAGE, "STScI hosts no S3 bucket for JWST"),
+    (["roman", "ops", "--context", "roman-2024-01-01"], ExitCode.USAGE, "date-based context"),
+])
+def test_usage_errors(roman_bucket, args, code, words):
+    run = roman_bucket.run(*args)
+    assert run.returncode == code
+    assert words in only_error(run)
+    assert not os.path.exists(roman_bucket.cache)
+
+
+def test_a_context_absent_from_the_bucket_lists_those_there(roman_bucket):
+    run = roman_bucket.run("roman", "ops", "--context", "roman_0042.pmap")
+    assert run.returncode == ExitCode.USAGE
+    message = only_error(run)
+    assert "roman_0042.pmap is not in" in message
+    assert "contexts there: roman_0050.pmap, roman_0051.pmap" in message
+    assert not any(f.startswith("references") for f in cache_files(roman_bucket.cache))
+
+
+def test_missing_credentials_for_a_private_bucket(roman_bucket):
+    env = roman_bucket.env()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        del env[name]
+    run = roman_bucket.run("roman", "ops", env=env)
+    assert run.returncode == ExitCode.S3_ACCESS
+    assert "no AWS credentials to read private bucket" in only_error(run)
+
+
+def test_the_public_bucket_is_read_anonymously_without_credentials(s3, tmp_path):
+    name = "stpubdata"
+    if name not in [b["Name"] for b in s3.client().list_buckets()["Buckets"]]:
+        from crds_job.sample import server
+
+        server.seed(s3.client(), name, "/roman/crds", context.roman(), public=True)
+    bucket = Bucket(s3=s3, name=name, prefix="/roman/crds", sample=context.roman(), cache=str(tmp_path / "cache"))
+    env = bucket.env()
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CRDS_S3_BUCKET", "CRDS_S3_PREFIX"):
+        env.pop(variable)
+    run = bucket.run("roman", "ops", env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.event("context resolved")["credentials"] == "anonymous"
+    assert run.event("context resolved")["bucket"] == "s3://stpubdata/roman/crds/roman"
+
+
+def test_a_bucket_that_does_not_exist(roman_bucket):
+    run = roman_bucket.run("roman", "ops", CRDS_S3_BUCKET="no-such-crds-bucket")
+    assert run.returncode == ExitCode.S3_ACCESS
+    assert "bucket no-such-crds-bucket does not exist" in only_error(run)
+
+
+def test_an_unreachable_endpoint(roman_bucket):
+    run = roman_bucket.run("roman", "ops", "--retries", "1", AWS_ENDPOINT_URL_S3="http://127.0.0.1:9")
+    assert run.returncode == ExitCode.S3_ACCESS
+    assert "S3 kept failing" in only_error(run)
+
+
+def test_a_malformed_server_config(roman_bucket):
+    roman_bucket.put("config/roman/server_config", b"{'observatory': 'roman', 'latest_context': print('x')}")
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.BUCKET_CONTENT
+    assert "server_config is unusable: it is not a Python literal dict" in only_error(run)
+
+
+def corrupt_reference(bucket, transform) -> str:
+    """Replace a reference of the latest context in S3 (its metadata unchanged); return its name."""
+    name = max(bucket.sample.expected["roman_0051.pmap"].values(), key=bucket.sample.reference_sizes.get)
+    assert bucket.sample.reference_sizes[name] > 11, "the sample needs a reference of some size"
+    bucket.put(f"references/roman/{name}", transform(bucket.sample.reference_bytes(name)))
+    return name
+
+
+@pytest.mark.parametrize("transform, words", [
+    (lambda data: data[:10] + bytes([data[10] ^ 1]) + data[11:], "arrived with sha1"),
+    (lambda data: data[: len(data) // 2], "arrived with"),
+    (lambda data: data + b"tail", "arrived with"),
+])
+def test_a_corrupt_object_never_reaches_the_cache(roman_bucket, transform, words):
+    name = corrupt_reference(roman_bucket, transform)
+    run = roman_bucket.run("roman", "ops", "--retries", "2")
+    assert run.returncode == ExitCode.INTEGRITY
+    message = only_error(run)
+    assert name in message and words in message and "after 2 attempts" in message
+    assert run.events("retrying"), "an integrity failure is retried before it is final"
+    assert not any(os.path.basename(f) == name for f in cache_files(roman_bucket.cache))
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
+def test_a_ranged_part_cut_short_is_caught(s3, tmp_path):
+    sample = context.roman(size=lambda rng, name: 300_000)
+    bucket = new_bucket(s3, sample, str(tmp_path / "cache"))
+    name = corrupt_reference(bucket, lambda data: data[:250_000])
+    run = bucket.run("roman", "ops", "--retries", "1", "--part-size", "64KiB")
+    assert run.returncode == ExitCode.INTEGRITY
+    assert name in only_error(run)
+    assert_cache_verified(bucket.cache, bucket.sample)
+
+
+def test_an_object_listed_in_the_metadata_but_missing(roman_bucket):
+    name = "roman_wfi_flat_0002.asdf"
+    roman_bucket.delete(f"references/roman/{name}")
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.S3_ACCESS
+    assert f"{name} is missing from the bucket" in only_error(run)
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
+def publish_rmap(bucket, name: str, selector: str, extra_metadata: dict) -> None:
+    """Replace rmap ``name`` with one of ``selector``, stamped and listed as a real one would be."""
+    header = {"mapping": "REFERENCE", "observatory": "ROMAN", "instrument": "WFI", "filekind": "GAIN",
+              "name": name, "derived_from": "x", "parkey": (("ROMAN.META.INSTRUMENT.DETECTOR",),)}
+    text = render_mapping(header, selector).encode()
+    bucket.sample.mappings[name] = text
+    bucket.put(f"mappings/roman/{name}", text)
+    original = bucket.sample.metadata
+
+    def metadata():
+        return {**original(), **extra_metadata}
+
+    bucket.sample.metadata = metadata  # type: ignore[method-assign]
+    bucket.reseed_config()
+
+
+@pytest.mark.parametrize("bad", ["../../escape.asdf", "/tmp/escape.asdf", "sub/escape.asdf", "roman_wfi_0099.imap"])
+def test_a_mapping_naming_a_path_outside_the_cache_is_refused(roman_bucket, tmp_path, bad):
+    publish_rmap(roman_bucket, "roman_wfi_gain_0001.rmap", f"Match({{('WFI01',) : {bad!r}}})",
+                 {bad: {"size": "1", "sha1sum": "0" * 40}})
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.BUCKET_CONTENT
+    message = only_error(run)
+    assert "mapping roman_wfi_gain_0001.rmap is unusable" in message
+    for root in (str(tmp_path), "/tmp"):
+        assert not os.path.exists(os.path.join(root, "escape.asdf"))
+    assert not any(f.startswith("references") for f in cache_files(roman_bucket.cache))
+
+
+def test_a_file_named_by_a_mapping_but_absent_from_the_metadata(roman_bucket):
+    publish_rmap(roman_bucket, "roman_wfi_gain_0001.rmap", "Match({('WFI01',) : 'roman_wfi_gain_9999.asdf'})", {})
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.BUCKET_CONTENT
+    assert "roman_wfi_gain_9999.asdf, named by roman_wfi_gain_0001.rmap, is absent" in only_error(run)
+
+
+def test_a_command_that_cannot_start(roman_bucket, tmp_path):
+    run = roman_bucket.run("roman", "ops", "--", "no-such-calibration-command")
+    assert run.returncode == ExitCode.COMMAND_NOT_FOUND
+    assert "command 'no-such-calibration-command' not found" in only_error(run)
+    script = tmp_path / "calibrate"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    run = roman_bucket.run("roman", "ops", "--", str(script))
+    assert run.returncode == ExitCode.COMMAND_NOT_EXECUTABLE
+
+
+def _unshare_works() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+needs_tmpfs = pytest.mark.skipif(not _unshare_works(),
+                                 reason="needs user+mount namespaces (unshare -rm) to mount a size-limited tmpfs")
+
+VERIFY = """
+import hashlib, json, os, sys
+root = sys.argv[1]
+found = {}
+for folder, _, files in os.walk(root):
+    for name in files:
+        path = os.path.join(folder, name)
+        found[os.path.relpath(path, root)] = hashlib.sha1(open(path, "rb").read()).hexdigest()
+print(json.dumps(found))
+"""
+
+
+def run_on_tmpfs(bucket, size: str, *args: str) -> tuple[Run, dict[str, str]]:
+    """Run crds-job with its cache on a tmpfs of ``size``, in a private mount namespace.
+
+    The cache is gone with the namespace, so the sha1 of every file it holds
+    is listed from inside, on stdout (crds-job writes nothing there).
+    """
+    mount = os.path.dirname(bucket.cache)
+    os.makedirs(mount, exist_ok=True)
+    job = " ".join(f"'{a}'" for a in [sys.executable, "-m", "crds_job", *args])
+    script = (f"mount -t tmpfs -o size={size} tmpfs '{mount}' && {{ {job}; code=$?; "
+              f"'{sys.executable}' -c '{VERIFY}' '{bucket.cache}'; exit $code; }}")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=bucket.env(), capture_output=True,
+                          text=True, timeout=120)
+    return Run(done.returncode, done.stdout, done.stderr, *parse_logs(done.stderr)), json.loads(done.stdout)
+
+
+@needs_tmpfs
+def test_a_too_small_disk_is_refused_before_the_warm_with_the_shortfall(roman_bucket):
+    run, listing = run_on_tmpfs(roman_bucket, "1m", "roman", "ops")
+    assert run.returncode == ExitCode.DISK_FULL
+    message = only_error(run)
+    assert "bytes free but the warm needs" in message and "short by" in message
+    assert not any(path.startswith("references") for path in listing)
+
+
+@needs_tmpfs
+def test_running_out_of_space_mid_write_leaves_no_partial_file(roman_bucket):
+    run, listing = run_on_tmpfs(roman_bucket, "8k", "roman", "ops")
+    assert run.returncode == ExitCode.DISK_FULL
+    assert "ran out of space writing" in only_error(run)
+    meta = roman_bucket.sample.metadata()
+    for path, digest in listing.items():
+        name = os.path.basename(path)
+        assert not name.startswith("."), f"temp file left: {path}"
+        if name in meta:
+            assert digest == meta[name]["sha1sum"], f"{path} is not the bucket's file"

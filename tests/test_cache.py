@@ -1,0 +1,94 @@
+"""The cache's write protocol: temp file as lock, atomic commit, stale temps, links refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from crds_job import cache as cache_module
+from crds_job.cache import Cache, temp_path
+from crds_job.errors import CacheError
+from crds_job.plan import Entry
+
+REF = Entry(name="roman_wfi_dark_0001.asdf", kind="reference", size=3, sha1="", instrument="wfi")
+
+
+def test_layouts(tmp_path):
+    flat = Cache(str(tmp_path), "roman", "flat")
+    assert flat.relpath(REF) == "references/roman/roman_wfi_dark_0001.asdf"
+    assert Cache(str(tmp_path), "roman", "instrument").relpath(REF) == "references/roman/wfi/roman_wfi_dark_0001.asdf"
+    pmap = Entry(name="roman_0001.pmap", kind="pmap", size=1, sha1="")
+    assert flat.relpath(pmap) == "mappings/roman/roman_0001.pmap"
+    assert flat.config_path("server_config") == str(tmp_path / "config/roman/server_config")
+
+
+def test_open_keeps_an_existing_layout_and_refuses_a_clash(tmp_path):
+    assert Cache.open(str(tmp_path), "roman", None).mode == "flat"
+    (tmp_path / "config/roman").mkdir(parents=True)
+    (tmp_path / "config/roman/ref_cache_subdir_mode").write_text("instrument\n")
+    assert Cache.open(str(tmp_path), "roman", None).mode == "instrument"
+    with pytest.raises(CacheError, match="organised 'instrument', but 'flat'"):
+        Cache.open(str(tmp_path), "roman", "flat")
+    (tmp_path / "config/roman/ref_cache_subdir_mode").write_text("legacy")
+    with pytest.raises(CacheError, match="cannot fill"):
+        Cache.open(str(tmp_path), "roman", None)
+
+
+def test_a_held_claim_excludes_other_writers_and_commit_is_atomic(tmp_path):
+    c = Cache(str(tmp_path), "roman", "flat")
+    final = c.path(REF)
+    claim = asyncio.run(c.claim(final))
+    assert cache_module._try_lock(final) is None, "a second writer must wait"
+    os.write(claim.fd, b"abc")
+    assert not os.path.exists(final), "nothing at the final name before the commit"
+    claim.commit(fsync=True)
+    assert open(final, "rb").read() == b"abc" and not os.path.exists(temp_path(final))
+    claim.release()  # a no-op after commit: the descriptor is never closed twice
+    again = cache_module._try_lock(final)
+    assert again is not None
+    again.release()
+    assert not os.path.exists(temp_path(final))
+
+
+def test_sweep_removes_dead_writers_temps_but_not_live_ones(tmp_path):
+    c = Cache(str(tmp_path), "roman", "flat")
+    folder = tmp_path / "references/roman"
+    folder.mkdir(parents=True)
+    dead = folder / ".dead.asdf.crds-job.part"
+    dead.write_bytes(b"partial")
+    live = asyncio.run(c.claim(str(folder / "live.asdf")))
+    assert c.sweep() == 1
+    assert not dead.exists() and os.path.exists(live.temp)
+    live.release()
+
+
+def test_links_in_the_cache_are_refused(tmp_path):
+    c = Cache(str(tmp_path / "cache"), "roman", "flat")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "cache/references").mkdir(parents=True)
+    os.symlink(outside, tmp_path / "cache/references/roman")
+    with pytest.raises(CacheError, match="leads outside the cache"):
+        c.ensure_folder(c.folder("references"))
+    os.unlink(tmp_path / "cache/references/roman")
+    folder = tmp_path / "cache/references/roman"
+    folder.mkdir()
+    os.symlink(outside / "target", folder / REF.name)
+    with pytest.raises(CacheError, match="is a symbolic link"):
+        c.present_size(c.path(REF))
+    os.symlink(outside / "target", temp_path(c.path(REF)))
+    with pytest.raises(CacheError, match="is a symbolic link"):
+        cache_module._try_lock(c.path(REF))
+    assert not (outside / "target").exists(), "nothing was written through a link"
+
+
+def test_write_now_and_space_check(tmp_path):
+    c = Cache(str(tmp_path / "new" / "cache"), "roman", "flat")
+    assert c.writable()
+    path = c.config_path("server_config")
+    assert c.write_now(path, b"{}", fsync=False) and open(path, "rb").read() == b"{}"
+    c.check_space(1)
+    with pytest.raises(cache_module.DiskFullError, match="short by"):
+        c.check_space(2**62)

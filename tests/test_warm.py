@@ -1,0 +1,198 @@
+"""crds-job as a process against a real S3 endpoint: what a warm leaves in the cache, and what it runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import assert_cache_verified, cache_files, new_bucket
+
+from crds_job.sample import context
+
+
+def largest_reference(bucket) -> str:
+    """The cached path of the largest reference of the latest context."""
+    files = cache_files(bucket.cache)
+    name = max((f for f in files if f.startswith("references/")), key=files.get)
+    return os.path.join(bucket.cache, name)
+
+
+def test_warm_fills_the_crds_layout_with_verified_files(roman_bucket):
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "", "nothing of ours on stdout"
+    assert run.foreign == [], "every line on stderr is a JSON log line"
+    files = cache_files(roman_bucket.cache)
+    latest = context.roman()
+    assert {f"mappings/roman/{n}" for n in ("roman_0051.pmap", "roman_wfi_0051.imap")} <= set(files)
+    assert not any(f.startswith("mappings/roman/roman_0050") for f in files), "only the latest context's mappings"
+    config = {f"config/roman/{name}" for name in ("server_config", "ref_cache_subdir_mode", "bad_files.txt")}
+    assert config <= set(files)
+    with open(os.path.join(roman_bucket.cache, "config/roman/ref_cache_subdir_mode")) as handle:
+        assert handle.read() == "flat"
+    references = [f for f in files if f.startswith("references/roman/")]
+    warmed = run.event("warmed")
+    plan = run.event("plan")
+    assert warmed["files_fetched"] == len(references) + plan["mappings"]
+    assert warmed["bytes_fetched"] == plan["bytes"] == sum(files[f] for f in files if not f.startswith("config"))
+    assert len(references) == plan["references"] == 30
+    assert_cache_verified(roman_bucket.cache, latest)
+    assert run.event("context resolved")["context"] == "roman_0051.pmap"
+
+
+def test_second_run_over_a_warm_cache_fetches_nothing(roman_bucket):
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    before = {p: os.stat(os.path.join(roman_bucket.cache, p)).st_mtime_ns for p in cache_files(roman_bucket.cache)}
+    again = roman_bucket.run("roman", "ops")
+    assert again.returncode == 0
+    assert again.event("warmed")["files_fetched"] == 0
+    assert again.event("warmed")["files_present"] == again.event("plan")["mappings"] + again.event("plan")["references"]
+    after = {p: os.stat(os.path.join(roman_bucket.cache, p)).st_mtime_ns for p in cache_files(roman_bucket.cache)}
+    assert before == after, "a warm cache is not rewritten, config included"
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(roman_bucket):
+    run = roman_bucket.run("roman", "ops", "--dry-run", "--", "false")
+    assert run.returncode == 0, run.stderr
+    assert not os.path.exists(roman_bucket.cache)
+    report = json.loads(run.stdout)
+    totals = report["totals"]
+    assert report["context"] == "roman_0051.pmap" and report["bucket"] == roman_bucket.name
+    assert totals["files"] == len(report["files"]) == totals["mappings"] + totals["references"]
+    assert totals["fetch_files"] == totals["files"] and totals["cached_files"] == 0
+    assert totals["bytes"] == sum(f["size"] for f in report["files"])
+    names = {f["name"]: f for f in report["files"]}
+    dark = names["roman_wfi_dark_0004.asdf"]
+    assert dark["path"] == "references/roman/roman_wfi_dark_0004.asdf" and dark["instrument"] == "wfi"
+    assert not run.events("exec"), "a dry run runs nothing"
+
+
+def test_dry_run_after_a_partial_warm_shows_what_is_cached(roman_bucket):
+    assert roman_bucket.run("roman", "ops", "--mappings-only").returncode == 0
+    report = json.loads(roman_bucket.run("roman", "ops", "--dry-run").stdout)
+    cached = {f["name"] for f in report["files"] if f["cached"]}
+    assert cached == {f["name"] for f in report["files"] if f["kind"] != "reference"}
+    assert report["totals"]["fetch_bytes"] == sum(f["size"] for f in report["files"] if f["kind"] == "reference")
+
+
+def test_mappings_only_and_instruments(roman_bucket):
+    run = roman_bucket.run("roman", "ops", "--mappings-only")
+    assert run.returncode == 0
+    assert not any(f.startswith("references") for f in cache_files(roman_bucket.cache))
+    run = roman_bucket.run("roman", "ops", "--instruments", "wfi")
+    assert run.returncode == 0 and run.event("plan")["references"] == 30
+    bad = roman_bucket.run("roman", "ops", "--instruments", "nircam")
+    assert bad.returncode == 64 and "nircam not in context roman_0051.pmap" in bad.errors[0]["event"]
+
+
+def test_a_pinned_older_context_is_warmed_and_both_coexist(roman_bucket):
+    run = roman_bucket.run("roman", "ops", CRDS_CONTEXT="roman_0050.pmap")
+    assert run.returncode == 0, run.stderr
+    files = cache_files(roman_bucket.cache)
+    assert "mappings/roman/roman_0050.pmap" in files and "references/roman/roman_wfi_dark_0001.asdf" in files
+    assert "references/roman/roman_wfi_dark_0004.asdf" not in files
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    assert "references/roman/roman_wfi_dark_0004.asdf" in cache_files(roman_bucket.cache)
+
+
+def test_instrument_layout(roman_bucket):
+    run = roman_bucket.run("roman", "ops", "--ref-subdir-mode", "instrument")
+    assert run.returncode == 0, run.stderr
+    files = cache_files(roman_bucket.cache)
+    assert "references/roman/wfi/roman_wfi_flat_0001.asdf" in files
+    with open(os.path.join(roman_bucket.cache, "config/roman/ref_cache_subdir_mode")) as handle:
+        assert handle.read() == "instrument"
+    clash = roman_bucket.run("roman", "ops", "--ref-subdir-mode", "flat")
+    assert clash.returncode == 73 and "organised 'instrument'" in clash.errors[0]["event"]
+    assert roman_bucket.run("roman", "ops").event("warmed")["files_fetched"] == 0, "the cache keeps its layout"
+
+
+def test_large_files_in_ranged_parts_arrive_intact(s3, tmp_path):
+    big = lambda rng, name: 2_500_000 if name.endswith("1.asdf") else 10  # noqa: E731
+    bucket = new_bucket(s3, context.roman(size=big), str(tmp_path / "cache"))
+    run = bucket.run("roman", "ops", "--part-size", "64KiB", "--memory-budget", "256KiB", "--concurrency", "4")
+    assert run.returncode == 0, run.stderr
+    assert_cache_verified(bucket.cache, bucket.sample)
+    assert any(size == 2_500_000 for size in cache_files(bucket.cache).values())
+
+
+def test_verify_existing_finds_and_replaces_a_corrupt_cached_file(roman_bucket):
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    victim = largest_reference(roman_bucket)
+    with open(victim, "r+b") as handle:
+        first = handle.read(1)
+        handle.seek(0)
+        handle.write(bytes([first[0] ^ 0xFF]))
+    trusting = roman_bucket.run("roman", "ops")
+    assert trusting.event("warmed")["files_fetched"] == 0, "by default a right-sized file is trusted"
+    checking = roman_bucket.run("roman", "ops", "--verify-existing")
+    assert checking.returncode == 0
+    assert checking.event("warmed")["files_fetched"] == 1
+    assert any(line["event"] == "cached file is corrupt, fetching it again" for line in checking.logs)
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
+def test_a_truncated_cached_file_is_fetched_again(roman_bucket):
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    victim = largest_reference(roman_bucket)
+    size = os.path.getsize(victim)
+    os.truncate(victim, size // 2)
+    run = roman_bucket.run("roman", "ops")
+    assert run.event("warmed")["files_fetched"] == 1
+    assert os.path.getsize(victim) == size
+
+
+def test_the_command_replaces_us_with_the_crds_environment(roman_bucket):
+    show = ("import json, os, sys; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('CRDS')}));"
+            "sys.exit(3)")
+    run = roman_bucket.run("roman", "ops", "--", sys.executable, "-c", show,
+                           CRDS_CONFIG_URI="s3://elsewhere/config", CRDS_MODE="s3", CRDS_REFPATH="/elsewhere")
+    assert run.returncode == 3, "the command's own exit code"
+    env = json.loads(run.stdout)
+    assert env["CRDS_PATH"] == roman_bucket.cache
+    assert env["CRDS_CONTEXT"] == "roman_0051.pmap"
+    assert env["CRDS_OBSERVATORY"] == "roman"
+    assert env["CRDS_SERVER_URL"] == "https://roman-crds-serverless.stsci.edu"
+    assert env["CRDS_READONLY_CACHE"] == "1"
+    for gone in ("CRDS_CONFIG_URI", "CRDS_MODE", "CRDS_S3_BUCKET", "CRDS_S3_PREFIX", "CRDS_REFPATH"):
+        assert gone not in env, f"{gone} would send crds off the cache"
+    assert run.event("exec")["offline"] is True
+
+
+def test_allow_fetch_exports_what_crds_s3_set_would(roman_bucket):
+    show = "import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('CRDS')}))"
+    run = roman_bucket.run("roman", "ops", "--allow-fetch", "--", sys.executable, "-c", show)
+    env = json.loads(run.stdout)
+    base = f"s3://{roman_bucket.name}/roman/crds"
+    assert env["CRDS_MODE"] == "s3" and env["CRDS_S3_ENABLED"] == "1" and env["CRDS_DOWNLOAD_MODE"] == "plugin"
+    assert env["CRDS_CONFIG_URI"] == f"{base}/config/roman"
+    assert env["CRDS_MAPPING_URI"] == f"{base}/mappings/roman"
+    assert env["CRDS_REFERENCE_URI"] == f"{base}/references/roman"
+    assert env["CRDS_DOWNLOAD_PLUGIN"].startswith("crds_s3_get ${FILENAME}")
+    assert "CRDS_READONLY_CACHE" not in env
+
+
+def test_env_file_hands_the_environment_to_a_later_container(roman_bucket, tmp_path):
+    env_file = tmp_path / "shared" / "crds.env"
+    run = roman_bucket.run("roman", "ops", "--env-file", str(env_file))
+    assert run.returncode == 0
+    text = env_file.read_text()
+    assert f"export CRDS_PATH={roman_bucket.cache}" in text
+    assert "export CRDS_CONTEXT=roman_0051.pmap" in text and "unset CRDS_CONFIG_URI" in text
+
+
+def test_progress_lines_appear_on_a_slow_warm(roman_bucket):
+    run = roman_bucket.run("roman", "ops", "--concurrency", "1", "--progress-interval", "0.01")
+    assert run.returncode == 0
+    lines = run.events("progress")
+    assert lines, "a warm longer than the interval reports progress"
+    assert {"files_done", "files_total", "bytes_done", "bytes_total", "mb_per_s", "eta_s"} <= set(lines[0])
+
+
+def test_console_log_format_is_plain_text(roman_bucket):
+    done = subprocess.run([sys.executable, "-m", "crds_job", "--log-format", "console", "roman", "ops"],
+                          env=roman_bucket.env(), capture_output=True, text=True)
+    assert done.returncode == 0
+    assert "warmed" in done.stderr and not done.stderr.lstrip().startswith("{")
