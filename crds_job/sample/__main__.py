@@ -1,0 +1,81 @@
+"""``python -m crds_job.sample``: the README's demo, a local S3 to play with, and a stand-in calibration.
+
+- ``demo``: start a local S3 server, seed it like STScI's Roman ops bucket
+  (``s3://stpubdata/roman/crds``), run ``crds-job roman ops`` with a command
+  that asks the real crds library for best references, offline, then stop.
+- ``serve``: the same server and bucket, kept up until Ctrl-C, with the
+  variables to export printed, to try ``crds-job`` by hand.
+- ``getreferences``: what the demo runs after the warm: crds.getreferences
+  for a sample WFI exposure header, printed as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from . import context, server
+
+
+def seeded(kind: str) -> server.LocalS3:
+    s3 = server.LocalS3(kind).__enter__()
+    server.seed(s3.client(), "stpubdata", "/roman/crds", context.roman(), public=True)
+    return s3
+
+
+def demo(arguments: argparse.Namespace) -> int:
+    cache = os.environ.get("CRDS_PATH") or tempfile.mkdtemp(prefix="crds-job-demo-")
+    s3 = seeded(arguments.server)
+    try:
+        env = dict(os.environ, **s3.client_env(), CRDS_PATH=cache)
+        env.setdefault("CRDS_JOB_LOG_FORMAT", "console")
+        command = [sys.executable, "-m", "crds_job", "roman", "ops", "--",
+                   sys.executable, "-m", "crds_job.sample", "getreferences"]
+        print(f"# local S3 at {s3.endpoint}, bucket s3://stpubdata/roman/crds; cache {cache}", file=sys.stderr)
+        print("# running: crds-job roman ops -- python -m crds_job.sample getreferences", file=sys.stderr)
+        return subprocess.run(command, env=env).returncode
+    finally:
+        s3.__exit__()
+
+
+def serve(arguments: argparse.Namespace) -> int:
+    s3 = seeded(arguments.server)
+    try:
+        print("# a local S3 with a sample Roman ops bucket; in another shell:")
+        for name, value in s3.client_env().items():
+            print(f"export {name}={value}")
+        print("crds-job --dry-run roman ops      # then without --dry-run; Ctrl-C here stops the server")
+        sys.stdout.flush()
+        try:
+            while True:
+                os.pause() if hasattr(os, "pause") else input()
+        except KeyboardInterrupt:
+            return 0
+    finally:
+        s3.__exit__()
+
+
+def getreferences(arguments: argparse.Namespace) -> int:
+    import crds  # the real client, as in a calibration image
+
+    refs = crds.getreferences(context.ROMAN_DATASET_HEADER, observatory="roman")
+    print(json.dumps({"context": os.environ.get("CRDS_CONTEXT"), "references": refs}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m crds_job.sample", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("demo", "serve", "getreferences"))
+    parser.add_argument("--server", choices=("moto", "seaweedfs"), default="moto",
+                        help="which local S3 server to run (default: moto)")
+    arguments = parser.parse_args(argv)
+    return {"demo": demo, "serve": serve, "getreferences": getreferences}[arguments.action](arguments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
