@@ -92,7 +92,7 @@ def test_a_malformed_server_config(roman_bucket):
 
 def corrupt_reference(bucket, transform) -> str:
     """Replace a reference of the latest context in S3 (its metadata unchanged); return its name."""
-    name = max(bucket.sample.expected["roman_0051.pmap"].values(), key=bucket.sample.reference_sizes.get)
+    name = max(bucket.sample.expected["roman_0051.pmap"]["wfi"].values(), key=bucket.sample.reference_sizes.get)
     assert bucket.sample.reference_sizes[name] > 11, "the sample needs a reference of some size"
     bucket.put(f"references/roman/{name}", transform(bucket.sample.reference_bytes(name)))
     return name

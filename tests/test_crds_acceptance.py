@@ -39,7 +39,7 @@ print(json.dumps({{"refs": refs, "recommended": recommended, "context": crds.get
 
 def check(run_stdout: str, bucket, context: str, cache: str) -> None:
     result = json.loads(run_stdout)
-    expected = bucket.sample.expected[context]
+    expected = bucket.sample.expected[context]["wfi"]
     assert result["context"] == context
     assert {kind: os.path.basename(path) for kind, path in result["refs"].items()} == expected
     assert result["recommended"] == expected

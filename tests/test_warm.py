@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 
-from conftest import assert_cache_verified, cache_files, new_bucket
+from conftest import Bucket, assert_cache_verified, cache_files, new_bucket
 
-from crds_job.sample import context
+from crds_job.sample import context, server
 
 
 def largest_reference(bucket) -> str:
@@ -196,3 +196,51 @@ def test_console_log_format_is_plain_text(roman_bucket):
                           env=roman_bucket.env(), capture_output=True, text=True)
     assert done.returncode == 0
     assert "warmed" in done.stderr and not done.stderr.lstrip().startswith("{")
+
+
+def test_an_hst_bucket_by_stscis_name_with_geis_pairs(s3, tmp_path):
+    sample = context.hst()
+    name = "hst-crds-cache-test"
+    if name not in [b["Name"] for b in s3.client().list_buckets()["Buckets"]]:
+        server.seed(s3.client(), name, "", sample)
+    bucket = Bucket(s3=s3, name=name, prefix="", sample=sample, cache=str(tmp_path / "cache"))
+    env = bucket.env()
+    env.pop("CRDS_S3_BUCKET"), env.pop("CRDS_S3_PREFIX")
+    run = bucket.run("hst", "test", env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.event("context resolved")["bucket"] == "s3://hst-crds-cache-test/hst"
+    references = {os.path.basename(f) for f in cache_files(bucket.cache) if f.startswith("references/hst/")}
+    assert references == sample.references_of["hst_0051.pmap"]
+    assert {"00000001u.r4h", "00000001u.r4d"} <= references, "a GEIS header comes with its data file"
+    assert_cache_verified(bucket.cache, sample)
+    acs_only = tmp_path / "acs"
+    run = bucket.run("hst", "test", "--instruments", "acs", "--cache", str(acs_only), env=env)
+    assert run.returncode == 0
+    names = {os.path.basename(f) for f in cache_files(str(acs_only)) if f.startswith("references/")}
+    assert names and all(n.endswith(("j_bia.fits", "j_drk.fits", "j_pfl.fits")) for n in names)
+    assert any(f.startswith("mappings/hst/hst_wfpc2") for f in cache_files(str(acs_only))), "all mappings"
+
+
+def test_the_generic_aws_endpoint_variable_works_too(roman_bucket):
+    env = roman_bucket.env()
+    env["AWS_ENDPOINT_URL"] = env.pop("AWS_ENDPOINT_URL_S3")
+    run = roman_bucket.run("roman", "ops", env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.event("warmed")["files_fetched"] == 42
+
+
+def test_allow_fetch_lets_crds_fetch_a_miss_from_s3_itself(roman_bucket):
+    """Only mappings are warmed; with --allow-fetch the command's crds fetches references via crds_s3_get."""
+    fetch = ("import crds, json; print(json.dumps(crds.getreferences("
+             f"{context.ROMAN_DATASET_HEADER!r}, observatory='roman', reftypes=['dark', 'flat'])))")
+    env = roman_bucket.env()
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # crds_s3_get, aws
+    run = roman_bucket.run("roman", "ops", "--mappings-only", "--allow-fetch", "--", sys.executable, "-c", fetch,
+                           env=env)
+    assert run.returncode == 0, run.stderr
+    refs = json.loads(run.stdout.strip().splitlines()[-1])
+    assert {k: os.path.basename(v) for k, v in refs.items()} == {
+        "dark": "roman_wfi_dark_0004.asdf", "flat": "roman_wfi_flat_0001.asdf"}
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+    assert all(os.path.getsize(path) == roman_bucket.sample.reference_sizes[os.path.basename(path)]
+               for path in refs.values())

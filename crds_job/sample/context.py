@@ -1,9 +1,10 @@
 """Generate a CRDS bucket's content: contexts, mappings, references, server_config.
 
 The mappings are what the real crds client accepts: the header fields it
-requires, the selector classes it knows, and the header ``sha1sum`` stamped
-the way the client checks it. Reference bytes are pseudo-random (seeded), so
-a bucket is the same every time it is built with the same arguments.
+requires, the selector classes it knows (``Match`` of ``UseAfter``), and the
+header ``sha1sum`` stamped the way the client checks it. Reference bytes are
+pseudo-random (seeded), so a bucket is the same every time it is built with
+the same arguments. One machinery, two observatories: ``roman()`` and ``hst()``.
 """
 
 from __future__ import annotations
@@ -18,27 +19,73 @@ from dataclasses import dataclass, field
 
 from ..mapping import header_checksum
 
-#: Roman WFI reference types with their real match keywords (crds/roman/specs).
-ROMAN_KINDS: dict[str, tuple[str, ...]] = {
-    "dark": ("ROMAN.META.INSTRUMENT.DETECTOR", "ROMAN.META.EXPOSURE.TYPE"),
-    "flat": ("ROMAN.META.INSTRUMENT.DETECTOR", "ROMAN.META.INSTRUMENT.OPTICAL_ELEMENT"),
-    "gain": ("ROMAN.META.INSTRUMENT.DETECTOR",),
-    "readnoise": ("ROMAN.META.INSTRUMENT.DETECTOR", "ROMAN.META.EXPOSURE.TYPE"),
-    "linearity": ("ROMAN.META.INSTRUMENT.DETECTOR",),
-    "mask": ("ROMAN.META.INSTRUMENT.DETECTOR",),
-    "saturation": ("ROMAN.META.INSTRUMENT.DETECTOR",),
-    "photom": ("ROMAN.META.INSTRUMENT.DETECTOR",),
-    "area": ("ROMAN.META.INSTRUMENT.DETECTOR",),
-    "distortion": ("ROMAN.META.INSTRUMENT.DETECTOR", "ROMAN.META.INSTRUMENT.OPTICAL_ELEMENT"),
-}
-ROMAN_TIME_KEY = "ROMAN.META.EXPOSURE.START_TIME"
-ROMAN_VALUES = {
-    "ROMAN.META.EXPOSURE.TYPE": "WFI_IMAGE",
-    "ROMAN.META.INSTRUMENT.OPTICAL_ELEMENT": "F158",
-}
-USE_AFTER = "2020-01-01 00:00:00"
+SizeFunction = Callable[[random.Random, str], int]
 
-#: A header for which every sample Roman rmap has a match (detector WFI01).
+
+@dataclass(frozen=True)
+class Rule:
+    """One reference type of one instrument: the keywords its rmap matches on."""
+
+    filekind: str  # as in the imap and the rmap's name: dark, biasfile...
+    match_keys: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]  # match values per row; the first row matches the sample dataset
+    suffix: str  # of reference names: dark, bia...
+    extension: str = ".fits"
+    header: dict = field(default_factory=dict)  # extra rmap header fields (reffile_switch...)
+
+
+@dataclass(frozen=True)
+class Observatory:
+    """How one observatory names and dates its files."""
+
+    name: str
+    instrument_key: str  # the pmap's parkey
+    date_keys: tuple[str, ...]
+    file_ext: str
+    rules: dict[str, tuple[Rule, ...]]  # by instrument, upper case as in the pmap
+    reference_name: Callable[[str, Rule, int], str]
+
+
+def _roman_reference(instrument: str, rule: Rule, serial: int) -> str:
+    return f"roman_{instrument.lower()}_{rule.filekind}_{serial:04d}{rule.extension}"
+
+
+#: The last letter of an HST reference's nine-character CDBS stem tells its instrument.
+_CDBS_LETTER = {"ACS": "j", "WFC3": "i", "WFPC2": "u"}
+
+
+def _cdbs_reference(instrument: str, rule: Rule, serial: int) -> str:
+    """An HST CDBS-style name: nine characters, then the type's suffix (GEIS: no suffix)."""
+    stem = f"{serial:08d}{_CDBS_LETTER[instrument]}"
+    return f"{stem}_{rule.suffix}{rule.extension}" if rule.extension == ".fits" else f"{stem}{rule.extension}"
+
+
+_DETECTOR = "ROMAN.META.INSTRUMENT.DETECTOR"
+_EXPOSURE = "ROMAN.META.EXPOSURE.TYPE"
+_ELEMENT = "ROMAN.META.INSTRUMENT.OPTICAL_ELEMENT"
+
+
+def _roman_rule(kind: str, *keys: str) -> Rule:
+    values = {_EXPOSURE: "WFI_IMAGE", _ELEMENT: "F158"}
+    rows = tuple((f"WFI{n:02d}",) + tuple(values[key] for key in keys) for n in range(1, 19))
+    return Rule(kind, (_DETECTOR,) + keys, rows, suffix=kind, extension=".asdf")
+
+
+#: Roman WFI reference types with their real match keywords (crds/roman/specs), one row per detector.
+ROMAN = Observatory(
+    name="roman",
+    instrument_key="ROMAN.META.INSTRUMENT.NAME",
+    date_keys=("ROMAN.META.EXPOSURE.START_TIME",),
+    file_ext=".asdf",
+    rules={"WFI": (
+        _roman_rule("dark", _EXPOSURE), _roman_rule("flat", _ELEMENT), _roman_rule("gain"),
+        _roman_rule("readnoise", _EXPOSURE), _roman_rule("linearity"), _roman_rule("mask"),
+        _roman_rule("saturation"), _roman_rule("photom"), _roman_rule("area"), _roman_rule("distortion", _ELEMENT),
+    )},
+    reference_name=_roman_reference,
+)
+
+#: A header every sample Roman rule matches with its first row (detector WFI01).
 ROMAN_DATASET_HEADER = {
     "ROMAN.META.INSTRUMENT.NAME": "WFI",
     "ROMAN.META.INSTRUMENT.DETECTOR": "WFI01",
@@ -46,6 +93,53 @@ ROMAN_DATASET_HEADER = {
     "ROMAN.META.INSTRUMENT.OPTICAL_ELEMENT": "F158",
     "ROMAN.META.EXPOSURE.START_TIME": "2025-01-01 00:00:00",
 }
+
+
+def _hst_rule(kind: str, keys: tuple[str, ...], rows: list[tuple[str, ...]], suffix: str, switch: str,
+              extension: str = ".fits") -> Rule:
+    header = {"reffile_format": "IMAGE", "reffile_required": "NONE", "reffile_switch": switch.upper(),
+              "rmap_relevance": "ALWAYS", "extra_keys": (), "filetype": suffix.upper()}
+    return Rule(kind, keys, tuple(rows), suffix=suffix, extension=extension, header=header)
+
+
+#: HST: a few real reference types of ACS, WFC3 and WFPC2 (GEIS), with real keywords.
+HST = Observatory(
+    name="hst",
+    instrument_key="INSTRUME",
+    date_keys=("DATE-OBS", "TIME-OBS"),
+    file_ext=".fits",
+    rules={
+        "ACS": (
+            _hst_rule("biasfile", ("DETECTOR", "CCDAMP", "CCDGAIN"),
+                      [("WFC", "ABCD", "2.0"), ("HRC", "C", "1.0"), ("WFC", "A", "1.0")], "bia", "biascorr"),
+            _hst_rule("darkfile", ("DETECTOR", "CCDAMP", "CCDGAIN"),
+                      [("WFC", "ABCD", "2.0"), ("HRC", "C", "1.0")], "drk", "darkcorr"),
+            _hst_rule("pfltfile", ("DETECTOR", "FILTER1", "FILTER2"),
+                      [("WFC", "F606W", "CLEAR2L"), ("WFC", "F814W", "CLEAR2L")], "pfl", "flatcorr"),
+        ),
+        "WFC3": (
+            _hst_rule("biasfile", ("DETECTOR", "CCDAMP"), [("UVIS", "ABCD"), ("IR", "ABCD")], "bia", "biascorr"),
+            _hst_rule("darkfile", ("DETECTOR", "CCDAMP"), [("UVIS", "ABCD"), ("IR", "ABCD")], "drk", "darkcorr"),
+        ),
+        "WFPC2": (
+            _hst_rule("flatfile", ("MODE", "FILTER1"), [("FULL", "F555W"), ("AREA", "F814W")], "flt", "flatcorr",
+                      extension=".r4h"),
+        ),
+    },
+    reference_name=_cdbs_reference,
+)
+
+#: Headers (one per instrument) that every sample HST rule of that instrument matches with its first row.
+HST_DATASET_HEADERS = {
+    "ACS": {"INSTRUME": "ACS", "DETECTOR": "WFC", "CCDAMP": "ABCD", "CCDGAIN": "2.0", "FILTER1": "F606W",
+            "FILTER2": "CLEAR2L", "DATE-OBS": "2020-06-01", "TIME-OBS": "00:00:00"},
+    "WFC3": {"INSTRUME": "WFC3", "DETECTOR": "UVIS", "CCDAMP": "ABCD", "DATE-OBS": "2020-06-01",
+             "TIME-OBS": "00:00:00"},
+}
+
+#: Use-after dates, oldest first; a sample dataset (2020 and later) picks the last one.
+DATES = ("1991-01-01 00:00:00", "2002-03-01 00:00:00", "2009-06-01 00:00:00", "2016-01-01 00:00:00",
+         "2019-01-01 00:00:00")
 
 
 def render_mapping(header: dict, selector: str) -> str:
@@ -78,17 +172,17 @@ class SampleBucket:
     mappings: dict[str, bytes] = field(default_factory=dict)
     reference_sizes: dict[str, int] = field(default_factory=dict)
     seed: int = 0
-    extra_config: dict = field(default_factory=dict)
-    #: For each context, each reference type's choice for ROMAN_DATASET_HEADER: the oracle of the tests.
-    expected: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: For each context and instrument, each type's choice for the sample dataset: the tests' oracle.
+    expected: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    #: For each context, every reference it names.
+    references_of: dict[str, set[str]] = field(default_factory=dict)
 
     def reference_bytes(self, name: str) -> bytes:
         """The deterministic content of reference ``name``."""
-        rng = random.Random(f"{self.seed}:{name}")
-        return rng.randbytes(self.reference_sizes[name])
+        return random.Random(f"{self.seed}:{name}").randbytes(self.reference_sizes[name])
 
     def objects(self) -> Iterator[tuple[str, Callable[[], bytes]]]:
-        """(key, producer of bytes) for every mapping and reference; config last."""
+        """(key, producer of bytes) for every mapping and reference, below the prefix."""
         for name, data in sorted(self.mappings.items()):
             yield f"mappings/{self.observatory}/{name}", (lambda data=data: data)
         for name in sorted(self.reference_sizes):
@@ -113,7 +207,7 @@ class SampleBucket:
             "latest_context": latest,
             "edit_context": latest,
             "versions_context": latest,
-            "context_history": [[f"2025-01-0{i + 1} 00:00:00", c, "sample"] for i, c in enumerate(self.contexts)],
+            "context_history": [[f"2025-01-{i + 1:02d} 00:00:00", c, "sample"] for i, c in enumerate(self.contexts)],
             "mappings": sorted(self.mappings),
             "bad_files_list": [],
             "bad_files": "",
@@ -121,80 +215,101 @@ class SampleBucket:
             "crds_version": {"str": "14.0.3"},
             "download_metadata": crds_encode(self.metadata()),
         }
-        info.update(self.extra_config)
         return (repr(info) + "\n").encode()
 
 
-def roman(
+def generate(
+    spec: Observatory,
     contexts: int = 2,
-    detectors: int = 3,
-    kinds: tuple[str, ...] = tuple(ROMAN_KINDS),
-    size: Callable[[random.Random, str], int] = default_size,
+    rows: int = 3,
+    dates: int = 1,
+    instruments: tuple[str, ...] | None = None,
+    size: SizeFunction = default_size,
     seed: int = 0,
     first_serial: int = 50,
 ) -> SampleBucket:
-    """A Roman bucket with ``contexts`` successive contexts of WFI rules.
+    """A bucket of ``contexts`` successive contexts of ``spec``'s rules.
 
-    Each context after the first updates one rmap (a new version naming new
-    references), as a real delivery does, so that contexts share most files.
+    Each rmap has ``rows`` match rows (at most the rule's) of ``dates``
+    use-after dates each, so ``rows * dates`` references. Each context after
+    the first updates one rmap (a new version naming new references), as a
+    real delivery does, so contexts share most of their files.
     """
     rng = random.Random(seed)
-    bucket = SampleBucket(observatory="roman", seed=seed)
-    rmap_serial = {kind: 0 for kind in kinds}
-    ref_serial = {kind: 0 for kind in kinds}
-    current: dict[str, str] = {}
-    first_detector_ref: dict[str, str] = {}
+    bucket = SampleBucket(observatory=spec.name, seed=seed)
+    chosen = {name: rules for name, rules in spec.rules.items() if instruments is None or name in instruments}
+    rmap_serial: dict[tuple[str, str], int] = {}
+    ref_serial: dict[tuple[str, str], int] = {}
+    current: dict[tuple[str, str], tuple[str, str, set[str]]] = {}  # -> (rmap, first-row choice, refs)
 
-    def new_rmap(kind: str) -> str:
-        rmap_serial[kind] += 1
-        name = f"roman_wfi_{kind}_{rmap_serial[kind]:04d}.rmap"
-        keys = ROMAN_KINDS[kind]
-        rows = []
-        for number in range(1, detectors + 1):
-            ref_serial[kind] += 1
-            ref = f"roman_wfi_{kind}_{ref_serial[kind]:04d}.asdf"
-            bucket.reference_sizes[ref] = size(rng, ref)
-            if number == 1:
-                first_detector_ref[kind] = ref
-            match = (f"WFI{number:02d}",) + tuple(ROMAN_VALUES[key] for key in keys[1:])
-            rows.append(f"    {match!r} : UseAfter({{\n        {USE_AFTER!r} : {ref!r},\n    }}),\n")
+    def new_rmap(instrument: str, rule: Rule) -> tuple[str, str, set[str]]:
+        key = (instrument, rule.filekind)
+        rmap_serial[key] = rmap_serial.get(key, 0) + 1
+        name = f"{spec.name}_{instrument.lower()}_{rule.filekind}_{rmap_serial[key]:04d}.rmap"
+        lines, names = [], set()
+        choice = ""
+        for values in rule.rows[:rows]:
+            entries = []
+            for date in DATES[-dates:]:
+                ref_serial[key] = ref_serial.get(key, 0) + 1
+                ref = spec.reference_name(instrument, rule, ref_serial[key])
+                bucket.reference_sizes[ref] = size(rng, ref)
+                names.add(ref)
+                if ref.endswith("h") and ref[-3] == "r":  # a GEIS header brings its data file
+                    bucket.reference_sizes[ref[:-1] + "d"] = size(rng, ref[:-1] + "d")
+                    names.add(ref[:-1] + "d")
+                entries.append(f"        {date!r} : {ref!r},\n")
+                if values == rule.rows[0]:
+                    choice = ref
+            lines.append(f"    {values!r} : UseAfter({{\n{''.join(entries)}    }}),\n")
         header = {
-            "classes": ("Match", "UseAfter"),
-            "derived_from": "crds-job sample generator",
-            "file_ext": ".asdf",
-            "filekind": kind.upper(),
-            "filetype": kind.upper(),
-            "instrument": "WFI",
-            "mapping": "REFERENCE",
-            "name": name,
-            "observatory": "ROMAN",
-            "parkey": (keys, (ROMAN_TIME_KEY,)),
-            "suffix": kind,
-            "text_descr": f"{kind} reference",
+            "classes": ("Match", "UseAfter"), "derived_from": "crds-job sample generator",
+            "file_ext": rule.extension, "filekind": rule.filekind.upper(), "filetype": rule.filekind.upper(),
+            "instrument": instrument, "mapping": "REFERENCE", "name": name, "observatory": spec.name.upper(),
+            "parkey": (rule.match_keys, spec.date_keys), "suffix": rule.suffix,
+            "text_descr": f"{rule.filekind} reference", **rule.header,
         }
-        bucket.mappings[name] = render_mapping(header, "Match({\n" + "".join(rows) + "})").encode()
-        return name
+        bucket.mappings[name] = render_mapping(header, "Match({\n" + "".join(lines) + "})").encode()
+        return name, choice, names
 
-    for kind in kinds:
-        current[kind] = new_rmap(kind)
+    everything = [(instrument, rule) for instrument, rules in chosen.items() for rule in rules]
+    for instrument, rule in everything:
+        current[(instrument, rule.filekind)] = new_rmap(instrument, rule)
     for number in range(contexts):
         if number:
-            kind = kinds[(number - 1) % len(kinds)]
-            current[kind] = new_rmap(kind)
+            instrument, rule = everything[(number - 1) % len(everything)]
+            current[(instrument, rule.filekind)] = new_rmap(instrument, rule)
         serial = first_serial + number
-        imap = f"roman_wfi_{serial:04d}.imap"
-        imap_header = {
-            "derived_from": "crds-job sample generator", "instrument": "WFI", "mapping": "INSTRUMENT",
-            "name": imap, "observatory": "ROMAN", "parkey": ("REFTYPE",),
-        }
-        selections = "".join(f"    {kind.upper()!r} : {current[kind]!r},\n" for kind in kinds)
-        bucket.mappings[imap] = render_mapping(imap_header, "{\n" + selections + "}").encode()
-        pmap = f"roman_{serial:04d}.pmap"
-        pmap_header = {
-            "derived_from": "crds-job sample generator", "mapping": "PIPELINE", "name": pmap,
-            "observatory": "ROMAN", "parkey": ("ROMAN.META.INSTRUMENT.NAME",),
-        }
-        bucket.mappings[pmap] = render_mapping(pmap_header, "{\n" + f"    'WFI' : {imap!r},\n" + "}").encode()
+        pmap = f"{spec.name}_{serial:04d}.pmap"
+        selections = {}
+        for instrument, rules in chosen.items():
+            imap = f"{spec.name}_{instrument.lower()}_{serial:04d}.imap"
+            rows_text = "".join(f"    {rule.filekind.upper()!r} : {current[(instrument, rule.filekind)][0]!r},\n"
+                                for rule in rules)
+            header = {"derived_from": "crds-job sample generator", "instrument": instrument,
+                      "mapping": "INSTRUMENT", "name": imap, "observatory": spec.name.upper(), "parkey": ("REFTYPE",)}
+            bucket.mappings[imap] = render_mapping(header, "{\n" + rows_text + "}").encode()
+            selections[instrument] = imap
+        header = {"derived_from": "crds-job sample generator", "mapping": "PIPELINE", "name": pmap,
+                  "observatory": spec.name.upper(), "parkey": (spec.instrument_key,)}
+        pmap_rows = "".join(f"    {instrument!r} : {imap!r},\n" for instrument, imap in selections.items())
+        bucket.mappings[pmap] = render_mapping(header, "{\n" + pmap_rows + "}").encode()
         bucket.contexts.append(pmap)
-        bucket.expected[pmap] = dict(first_detector_ref)
+        bucket.expected[pmap] = {
+            instrument.lower(): {rule.filekind: current[(instrument, rule.filekind)][1] for rule in rules}
+            for instrument, rules in chosen.items()
+        }
+        bucket.references_of[pmap] = set().union(*(refs for _, _, refs in current.values()))
     return bucket
+
+
+def roman(contexts: int = 2, detectors: int = 3, dates: int = 1, size: SizeFunction = default_size,
+          seed: int = 0) -> SampleBucket:
+    """A Roman bucket: WFI rules, one match row per detector (up to 18)."""
+    return generate(ROMAN, contexts=contexts, rows=detectors, dates=dates, size=size, seed=seed)
+
+
+def hst(contexts: int = 2, dates: int = 2, instruments: tuple[str, ...] | None = None,
+        size: SizeFunction = default_size, seed: int = 0) -> SampleBucket:
+    """An HST bucket: ACS, WFC3 and WFPC2 rules (WFPC2's GEIS references come in pairs)."""
+    return generate(HST, contexts=contexts, rows=99, dates=dates, instruments=instruments, size=size, seed=seed)
