@@ -37,6 +37,9 @@ class ExitCode(enum.IntEnum):
 #: Codes that a job runner may retry: the same job can succeed next time.
 RETRYABLE = (ExitCode.S3_ACCESS, ExitCode.INTEGRITY)
 
+#: Codes of a failed warm that no other attempt can fix: a job runner should stop at once.
+FINAL = (ExitCode.USAGE, ExitCode.BUCKET_CONTENT, ExitCode.DATASET, ExitCode.DISK_FULL, ExitCode.CACHE)
+
 #: What each code means to the person reading a failed job (the README's table).
 MEANING = {
     ExitCode.OK: "the cache is warm (and no command was given)",
