@@ -1,0 +1,167 @@
+# AWS Batch job definition for crds-job: the IAM role that may read only the CRDS cache of one
+# observatory/environment, an execution role, a log group, and the job definition itself.
+
+data "aws_region" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  # STScI's CRDS caches on S3 (crds_job/environments.py; a test keeps the two equal).
+  caches = {
+    roman = {
+      ops  = { bucket = "stpubdata", prefix = "roman/crds" }
+      test = { bucket = "stpubdata-tst", prefix = "roman/crds/test" }
+      int  = { bucket = "stpubdata-tst", prefix = "roman/crds/int" }
+      dev  = { bucket = "stpubdata-tst", prefix = "roman/crds/dev" }
+    }
+    hst = {
+      ops  = { bucket = "hst-crds-cache-ops", prefix = "" }
+      test = { bucket = "hst-crds-cache-test", prefix = "" }
+    }
+  }
+  default_cache = local.caches[var.observatory][var.environment]
+  bucket        = var.bucket != "" ? var.bucket : local.default_cache.bucket
+  prefix        = trim(var.prefix != null ? var.prefix : local.default_cache.prefix, "/")
+
+  # The job may read the config, mappings and references of this observatory, nothing else.
+  readable = [for area in ["config", "mappings", "references"] : join("/", compact([local.prefix, area, var.observatory]))]
+
+  # The cache path is the image's volume (Dockerfile: VOLUME /crds-cache, ENV CRDS_PATH).
+  environment = merge(
+    {
+      CRDS_JOB_OBSERVATORY = var.observatory
+      CRDS_JOB_ENVIRONMENT = var.environment
+      CRDS_PATH            = "/crds-cache"
+    },
+    var.context != "" ? { CRDS_JOB_CONTEXT = var.context } : {},
+    var.bucket != "" ? { CRDS_JOB_BUCKET = var.bucket } : {},
+    var.prefix != null ? { CRDS_JOB_PREFIX = var.prefix } : {},
+    var.settings,
+  )
+
+  command = concat([var.observatory, var.environment], length(var.command) > 0 ? concat(["--"], var.command) : [])
+
+  # crds-job's exit codes (crds_job/errors.py): S3 access (69) and integrity (74) may pass.
+  retryable_exit_codes = ["69", "74"]
+
+  fargate = var.platform == "FARGATE"
+}
+
+data "aws_iam_policy_document" "assume_ecs_tasks" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "read_crds_cache" {
+  statement {
+    sid       = "ReadCrdsFiles"
+    actions   = ["s3:GetObject"]
+    resources = [for path in local.readable : "arn:${data.aws_partition.current.partition}:s3:::${local.bucket}/${path}/*"]
+  }
+  statement {
+    sid       = "ListCrdsContexts"
+    actions   = ["s3:ListBucket"]
+    resources = ["arn:${data.aws_partition.current.partition}:s3:::${local.bucket}"]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = [for path in local.readable : "${path}/*"]
+    }
+  }
+}
+
+resource "aws_cloudwatch_log_group" "this" {
+  name              = "/aws/batch/${var.name}"
+  retention_in_days = var.log_retention_days
+  tags              = var.tags
+}
+
+resource "aws_iam_role" "job" {
+  name               = "${var.name}-job"
+  description        = "crds-job: read the CRDS cache of ${var.observatory} ${var.environment} on S3"
+  assume_role_policy = data.aws_iam_policy_document.assume_ecs_tasks.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy" "read_crds_cache" {
+  name   = "read-crds-cache"
+  role   = aws_iam_role.job.id
+  policy = data.aws_iam_policy_document.read_crds_cache.json
+}
+
+resource "aws_iam_role" "execution" {
+  name               = "${var.name}-execution"
+  description        = "crds-job: pull the image and write logs"
+  assume_role_policy = data.aws_iam_policy_document.assume_ecs_tasks.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "execution" {
+  role       = aws_iam_role.execution.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+}
+
+resource "aws_batch_job_definition" "this" {
+  name                  = var.name
+  type                  = "container"
+  platform_capabilities = [var.platform]
+  propagate_tags        = true
+  tags                  = var.tags
+
+  container_properties = jsonencode(merge(
+    {
+      image            = var.image
+      command          = local.command
+      jobRoleArn       = aws_iam_role.job.arn
+      executionRoleArn = aws_iam_role.execution.arn
+      resourceRequirements = [
+        { type = "VCPU", value = tostring(var.vcpu) },
+        { type = "MEMORY", value = tostring(var.memory_mib) },
+      ]
+      environment = [for key in sort(keys(local.environment)) : { name = key, value = local.environment[key] }]
+      logConfiguration = {
+        logDriver = "awslogs"
+        options = {
+          "awslogs-group"         = aws_cloudwatch_log_group.this.name
+          "awslogs-region"        = data.aws_region.current.name
+          "awslogs-stream-prefix" = var.name
+        }
+      }
+    },
+    local.fargate ? {
+      ephemeralStorage             = { sizeInGiB = var.ephemeral_storage_gib }
+      networkConfiguration         = { assignPublicIp = "ENABLED" }
+      fargatePlatformConfiguration = { platformVersion = "LATEST" }
+    } : {},
+  ))
+
+  retry_strategy {
+    attempts = var.attempts
+
+    dynamic "evaluate_on_exit" {
+      for_each = local.retryable_exit_codes
+      content {
+        on_exit_code = evaluate_on_exit.value
+        action       = "RETRY"
+      }
+    }
+    # A reclaimed Spot host is not the job's fault either.
+    evaluate_on_exit {
+      on_status_reason = "Host EC2*"
+      action           = "RETRY"
+    }
+    # Every other exit code (usage, bucket content, disk, the calibration's own failure) is final.
+    evaluate_on_exit {
+      on_exit_code = "*"
+      action       = "EXIT"
+    }
+  }
+
+  timeout {
+    attempt_duration_seconds = var.timeout_seconds
+  }
+}

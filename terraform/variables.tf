@@ -1,0 +1,136 @@
+variable "name" {
+  description = "Name of the job definition, and prefix of the roles and log group."
+  type        = string
+  default     = "crds-job"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9_-]{0,95}$", var.name))
+    error_message = "name: letters, digits, - and _, at most 96 characters."
+  }
+}
+
+variable "observatory" {
+  description = "CRDS observatory whose S3 cache the job reads: roman or hst (JWST has no S3 cache)."
+  type        = string
+
+  validation {
+    condition     = contains(["roman", "hst"], var.observatory)
+    error_message = "observatory must be roman or hst; STScI hosts no S3 cache for JWST."
+  }
+}
+
+variable "environment" {
+  description = "CRDS environment: roman ops/test/int/dev, hst ops/test."
+  type        = string
+
+  validation {
+    condition = contains(
+      lookup({ roman = ["ops", "test", "int", "dev"], hst = ["ops", "test"] }, var.observatory, []),
+      var.environment,
+    )
+    error_message = "environment must be one of ops, test, int, dev for roman, ops or test for hst."
+  }
+}
+
+variable "image" {
+  description = "Container image: crds-job, or a calibration image with crds-job layered on it."
+  type        = string
+}
+
+variable "command" {
+  description = "Calibration command run after the warm (exec'd); empty: warm only."
+  type        = list(string)
+  default     = []
+}
+
+variable "context" {
+  description = "CRDS context to pin (e.g. roman_0055.pmap); empty: the bucket's latest at run time."
+  type        = string
+  default     = ""
+}
+
+variable "settings" {
+  description = "More crds-job settings, as CRDS_JOB_<OPTION> environment variables (see the README)."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for key in keys(var.settings) : startswith(key, "CRDS_JOB_")])
+    error_message = "settings keys are CRDS_JOB_<OPTION> variables."
+  }
+}
+
+variable "bucket" {
+  description = "Private mirror: its bucket (empty: STScI's for observatory/environment)."
+  type        = string
+  default     = ""
+}
+
+variable "prefix" {
+  description = "Private mirror: key prefix in that bucket, e.g. /roman/crds (null: STScI's)."
+  type        = string
+  default     = null
+}
+
+variable "platform" {
+  description = "AWS Batch platform capability: FARGATE or EC2."
+  type        = string
+  default     = "FARGATE"
+
+  validation {
+    condition     = contains(["FARGATE", "EC2"], var.platform)
+    error_message = "platform must be FARGATE or EC2."
+  }
+}
+
+variable "vcpu" {
+  description = "vCPUs of the container."
+  type        = number
+  default     = 4
+}
+
+variable "memory_mib" {
+  description = "Memory of the container, in MiB."
+  type        = number
+  default     = 16384
+}
+
+variable "ephemeral_storage_gib" {
+  description = "Fargate ephemeral storage for the cache and the run, in GiB (21 to 200). A whole Roman context is about 150 GB."
+  type        = number
+  default     = 200
+
+  validation {
+    condition     = var.ephemeral_storage_gib >= 21 && var.ephemeral_storage_gib <= 200
+    error_message = "Fargate ephemeral storage is 21 to 200 GiB."
+  }
+}
+
+variable "attempts" {
+  description = "Attempts of a job: S3 (exit 69) and integrity (exit 74) failures are retried, nothing else."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.attempts >= 1 && var.attempts <= 10
+    error_message = "AWS Batch allows 1 to 10 attempts."
+  }
+}
+
+variable "timeout_seconds" {
+  description = "Time limit of one attempt, warm and calibration together."
+  type        = number
+  default     = 21600
+}
+
+variable "log_retention_days" {
+  description = "Retention of the CloudWatch log group."
+  type        = number
+  default     = 30
+}
+
+variable "tags" {
+  description = "Tags for every resource."
+  type        = map(string)
+  default     = {}
+}
