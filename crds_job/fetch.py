@@ -28,7 +28,7 @@ from .cache import Cache, disk_full
 from .errors import CacheError, IntegrityError
 from .plan import Entry
 from .progress import Progress
-from .remote import Bucket, Transient
+from .remote import BodyCorrupt, Bucket, Transient
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 20.0
@@ -201,7 +201,7 @@ class Fetcher:
                 await asyncio.sleep(delay)
             try:
                 return await attempt_once()
-            except Mismatch as exc:
+            except (Mismatch, BodyCorrupt) as exc:
                 if attempt == self.retries:
                     raise IntegrityError(
                         f"{exc}; still wrong after {self.retries} attempts",

@@ -17,6 +17,7 @@ import errno
 from typing import Any
 
 import aiobotocore.session
+import aiohttp
 import botocore.exceptions
 import s3fs
 
@@ -42,13 +43,39 @@ class Missing(S3AccessError):
     """The object is not in the bucket."""
 
 
-def _client_error(exc: BaseException) -> botocore.exceptions.ClientError | None:
-    """The botocore ClientError behind an exception s3fs translated to OSError."""
-    while exc is not None:
-        if isinstance(exc, botocore.exceptions.ClientError):
+class BodyCorrupt(S3AccessError):
+    """The SDK's own checksum of a response body failed: the bytes were damaged on the way."""
+
+
+#: Failures of the connection or of a body in transit: the request may work next time.
+_TRANSPORT_ERRORS = (
+    aiohttp.ClientError,  # payload cut short, server disconnected, connection refused or reset
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+
+
+def _in_chain(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s cause/context chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, types):
             return exc
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return None
+
+
+def _client_error(exc: BaseException) -> botocore.exceptions.ClientError | None:
+    """The botocore ClientError behind an exception s3fs translated to OSError."""
+    found = _in_chain(exc, (botocore.exceptions.ClientError,))
+    return found  # type: ignore[return-value]
 
 
 def translate(exc: BaseException, uri: str, location: Location, credentials: str) -> CrdsJobError:
@@ -64,6 +91,9 @@ def translate(exc: BaseException, uri: str, location: Location, credentials: str
             f"no AWS credentials to read private bucket {location.bucket}",
             "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or give the job an IAM role",
         )
+    checksum = _in_chain(exc, (botocore.exceptions.FlexibleChecksumError,))
+    if checksum is not None:
+        return BodyCorrupt(f"{uri} arrived damaged: {checksum}", "fetch it again")
     if code in _CREDENTIAL_CODES:
         return S3AccessError(
             f"S3 refused the credentials ({credentials}) with {code} reading {uri}",
@@ -91,19 +121,13 @@ def translate(exc: BaseException, uri: str, location: Location, credentials: str
             f"{uri} is missing from the bucket",
             "the bucket is incomplete or changing; run the job again later or pin another context",
         )
-    if code in _TRANSIENT_CODES or isinstance(
-        exc,
-        (
-            botocore.exceptions.EndpointConnectionError,
-            botocore.exceptions.ConnectionError,
-            botocore.exceptions.HTTPClientError,
-            botocore.exceptions.ReadTimeoutError,
-            asyncio.TimeoutError,
-            ConnectionError,
-        ),
-    ) or (isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET)):
+    transport = _in_chain(exc, _TRANSPORT_ERRORS)
+    if code in _TRANSIENT_CODES or transport is not None or (
+        isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET)
+    ):
+        cause = transport or exc
         return Transient(
-            f"S3 kept failing reading {uri}: {type(exc).__name__}: {str(exc)[:200]}",
+            f"S3 kept failing reading {uri}: {code or type(cause).__name__}: {str(cause)[:120]}",
             "check the endpoint and network, or run the job again; S3 may be throttling",
         )
     return Transient(

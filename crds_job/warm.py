@@ -22,7 +22,7 @@ from typing import Any
 
 from . import mapping, plan, server_config
 from .cache import MODE_FILE, Cache
-from .errors import BucketContentError, CacheError, UsageError
+from .errors import BucketContentError, CacheError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
 from .remote import Bucket, Missing
@@ -143,14 +143,18 @@ class _Warm:
         if data is not None:
             self.progress.files_present += 1
             self.progress.bytes_present += entry.size
+        elif self.writable:
+            # Through the cache's lock, like a reference: with several writers on one
+            # cache, one downloads the mapping and the others read what it wrote.
+            corrupt = self.cache.present_size(self.cache.path(entry)) == entry.size
+            await self.fetcher.fetch_file(entry, self.cache, replace=corrupt)
+            data = await self.cached_bytes(entry)
+            if data is None:
+                raise IntegrityError(f"{entry.name} changed in the cache right after it was verified",
+                                     "another program is writing into the cache; give crds-job its own")
         else:
             data = await self.fetcher.fetch_bytes(entry)
-            if self.writable:
-                await self.fetcher.in_thread(self.cache.write_now, self.cache.path(entry), data, self.settings.fsync)
-                self.progress.files_fetched += 1
-                self.progress.bytes_fetched += entry.size
-            else:
-                self.unwritten.append(entry)
+            self.unwritten.append(entry)
         try:
             text = data.decode("utf-8")
             return mapping.parse(entry.name, text, self.bucket.location.observatory,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -210,7 +211,7 @@ def run_on_tmpfs(bucket, size: str, *args: str) -> tuple[Run, dict[str, str]]:
     """
     mount = os.path.dirname(bucket.cache)
     os.makedirs(mount, exist_ok=True)
-    job = " ".join(f"'{a}'" for a in [sys.executable, "-m", "crds_job", *args])
+    job = shlex.join([sys.executable, "-m", "crds_job", *args])
     script = (f"mount -t tmpfs -o size={size} tmpfs '{mount}' && {{ {job}; code=$?; "
               f"'{sys.executable}' -c '{VERIFY}' '{bucket.cache}'; exit $code; }}")
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=bucket.env(), capture_output=True,

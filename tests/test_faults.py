@@ -1,0 +1,252 @@
+"""Faults injected for real (a proxy between crds-job and S3, signals, kills): nothing lost, nothing bad kept.
+
+Every test ends by checking the cache: each file under a final name holds
+exactly the bucket's bytes, and no temporary file outlives a finished run.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import Run, assert_cache_verified, cache_files, new_bucket, parse_logs
+from faults import FaultProxy, Rule
+
+from crds_job.errors import ExitCode
+from crds_job.sample import context
+
+
+@pytest.fixture
+def proxy(s3):
+    with FaultProxy(s3.endpoint) as running:
+        yield running
+
+
+def through(bucket, proxy, **extra) -> dict[str, str]:
+    return bucket.env(AWS_ENDPOINT_URL_S3=proxy.endpoint, **extra)
+
+
+def finals_verified(cache: str, sample) -> int:
+    """Check every file under a final name; return how many there are (temp files may remain)."""
+    import hashlib
+
+    meta = sample.metadata()
+    count = 0
+    for relative in cache_files(cache):
+        name = os.path.basename(relative)
+        if name.startswith(".") or not relative.startswith(("mappings", "references")):
+            continue
+        with open(os.path.join(cache, relative), "rb") as handle:
+            assert hashlib.sha1(handle.read()).hexdigest() == meta[name]["sha1sum"], relative
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("fault", ["503", "500", "reset", "truncate", "flip", "slow"])
+@pytest.mark.parametrize("where", ["references/", "mappings/", "config/"])
+def test_transient_faults_are_survived(roman_bucket, proxy, fault, where):
+    proxy.rules = [Rule(fault, path=where, times=3, delay=0.2)]
+    run = roman_bucket.run("roman", "ops", env=through(roman_bucket, proxy))
+    assert run.returncode == 0, run.stderr
+    assert proxy.faults(), "the faults really happened"
+    if fault in ("reset", "truncate", "flip"):
+        assert run.events("retrying"), "crds-job refetched the broken file"
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+    assert finals_verified(roman_bucket.cache, roman_bucket.sample) == run.event("plan")["mappings"] + 30
+
+
+@pytest.mark.parametrize("fault, code, words", [
+    ("503", ExitCode.S3_ACCESS, "S3 kept failing"),
+    ("500", ExitCode.S3_ACCESS, "S3 kept failing"),
+    ("reset", ExitCode.S3_ACCESS, "S3 kept failing"),
+    ("truncate", ExitCode.S3_ACCESS, "S3 kept failing"),
+    ("flip", ExitCode.INTEGRITY, "arrived damaged"),  # the SDK's CRC32 catches it before our sha1
+])
+def test_a_fault_that_does_not_pass_ends_in_a_clear_error(roman_bucket, proxy, fault, code, words):
+    victim = max(roman_bucket.sample.expected["roman_0051.pmap"]["wfi"].values(),
+                 key=roman_bucket.sample.reference_sizes.get)
+    proxy.rules = [Rule(fault, path=victim)]
+    run = roman_bucket.run("roman", "ops", "--retries", "2", env=through(roman_bucket, proxy))
+    assert run.returncode == code, run.stderr
+    (error,) = run.errors
+    assert words in error["event"] and victim in error["event"]
+    assert victim not in {os.path.basename(f) for f in cache_files(roman_bucket.cache)}
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+    assert len(proxy.gets(victim)) >= 2, "the budget was spent before giving up"
+
+
+@pytest.mark.parametrize("fault, words", [
+    ("403", "access denied reading s3://"),
+    ("expired", "refused the credentials (env) with ExpiredToken"),
+])
+def test_credentials_and_permissions_refused(roman_bucket, proxy, fault, words):
+    proxy.rules = [Rule(fault, path="server_config")]
+    run = roman_bucket.run("roman", "ops", env=through(roman_bucket, proxy))
+    assert run.returncode == ExitCode.S3_ACCESS
+    (error,) = run.errors
+    assert words in error["event"] and "; " in error["event"]
+    assert not os.path.exists(roman_bucket.cache) or not cache_files(roman_bucket.cache)
+
+
+def test_undecodable_download_metadata(roman_bucket):
+    config = roman_bucket.sample.server_config().decode()
+    broken = config.replace("'crds_payload': '", "'crds_payload': '!!not base64!!")
+    roman_bucket.put("config/roman/server_config", broken.encode())
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.BUCKET_CONTENT
+    assert "download_metadata does not decode" in run.errors[0]["event"]
+
+
+# ----- signals and kills --------------------------------------------------------------------------
+
+def slow_bucket(s3, tmp_path):
+    """A bucket big enough, behind a slow proxy, that a warm lasts long enough to interrupt."""
+    sample = context.roman(detectors=8, size=lambda rng, name: rng.choice([1000, 50_000, 400_000]))
+    return new_bucket(s3, sample, str(tmp_path / "cache"))
+
+
+def start(bucket, env, *args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "crds_job", "roman", "ops", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_event(process: subprocess.Popen, event: str) -> list[str]:
+    """Read the process's log lines until ``event`` (the rest stays in the pipe)."""
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if json.loads(line).get("event") == event:
+            return lines
+    raise AssertionError(f"no {event!r} line before the process ended: {''.join(lines)}")
+
+
+def finish(process: subprocess.Popen, lines: list[str]) -> Run:
+    out, err = process.communicate(timeout=120)
+    stderr = "".join(lines) + err
+    return Run(process.returncode, out, stderr, *parse_logs(stderr))
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_warm_and_removes_its_temp_files(s3, tmp_path, proxy, signum, code):
+    bucket = slow_bucket(s3, tmp_path)
+    proxy.rules = [Rule("slow", path="references/", delay=0.3)]
+    process = start(bucket, through(bucket, proxy), "--concurrency", "4")
+    lines = wait_for_event(process, "plan")
+    time.sleep(0.5)  # transfers are under way
+    process.send_signal(signum)
+    run = finish(process, lines)
+    assert run.returncode == code == ExitCode(code)
+    (error,) = run.errors
+    assert f"interrupted by {signal.Signals(signum).name}" in error["event"]
+    assert not run.events("warmed"), "it stopped instead of finishing"
+    assert not [f for f in cache_files(bucket.cache) if os.path.basename(f).startswith(".")], "no temp file left"
+    finals_verified(bucket.cache, bucket.sample)
+
+
+def test_kill_9_at_random_points_then_resume(s3, tmp_path, proxy):
+    """SIGKILL mid-warm, ten times: only verified files under final names; each rerun fetches only what is missing."""
+    sample = context.roman(detectors=18, size=lambda rng, name: rng.choice([1000, 50_000, 400_000]))
+    bucket = new_bucket(s3, sample, str(tmp_path / "cache"))
+    total = len(sample.references_of["roman_0051.pmap"]) + 12  # pmap, imap, ten rmaps
+    proxy.rules = [Rule("slow", path="references/", delay=0.1)]
+    env = through(bucket, proxy)
+    rng = random.Random(5)
+    counts, left, swept = [], [], 0
+    for _round in range(10):
+        process = start(bucket, env, "--concurrency", "3", "--part-size", "128KiB", "--memory-budget", "512KiB")
+        lines = wait_for_event(process, "plan")
+        swept += sum(1 for line in lines if "removed temporary files" in line)
+        time.sleep(rng.uniform(0.1, 0.8))
+        process.kill()
+        process.communicate(timeout=60)
+        counts.append(finals_verified(bucket.cache, bucket.sample))
+        left.append(len([f for f in cache_files(bucket.cache) if os.path.basename(f).startswith(".")]))
+    assert all(count < total for count in counts), "every kill landed mid-warm"
+    assert counts == sorted(counts) and counts[-1] > counts[0], "each run kept what the last one verified"
+    assert sum(left[:-1]) and swept, "killed writers left temp files, and the next run removed them"
+    run = bucket.run("roman", "ops", env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.event("warmed")["files_fetched"] == total - counts[-1], "only what was missing"
+    assert_cache_verified(bucket.cache, bucket.sample)
+
+
+def test_concurrent_writers_download_each_file_once(s3, tmp_path, proxy):
+    bucket = slow_bucket(s3, tmp_path)
+    proxy.rules = [Rule("slow", path="(references|mappings)/", delay=0.05)]
+    env = through(bucket, proxy)
+    processes = [start(bucket, env, "--concurrency", "4") for _ in range(4)]
+    runs = [finish(process, []) for process in processes]
+    assert [run.returncode for run in runs] == [0, 0, 0, 0], [run.stderr[-500:] for run in runs]
+    assert_cache_verified(bucket.cache, bucket.sample)
+    downloads = collections.Counter(r.path for r in proxy.gets("(references|mappings)/"))
+    assert downloads and max(downloads.values()) == 1, downloads.most_common(3)
+    fetched = sum(run.event("warmed")["files_fetched"] for run in runs)
+    plan = runs[0].event("plan")
+    assert fetched == plan["mappings"] + plan["references"], "between them, every file was fetched once"
+
+
+# ----- read-only and hostile caches ------------------------------------------------------------------
+
+def run_read_only(bucket, *args: str) -> Run:
+    """crds-job on the bucket's cache bind-mounted read-only, in a private mount namespace."""
+    cache = bucket.cache
+    job = shlex.join([sys.executable, "-m", "crds_job", *args])
+    script = f"mount --bind '{cache}' '{cache}' && mount -o remount,bind,ro '{cache}' && exec {job}"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=bucket.env(), capture_output=True,
+                          text=True, timeout=120)
+    return Run(done.returncode, done.stdout, done.stderr, *parse_logs(done.stderr))
+
+
+def snapshot(root: str) -> dict[str, tuple[int, int]]:
+    return {path: (os.stat(os.path.join(root, path)).st_mtime_ns, size) for path, size in cache_files(root).items()}
+
+
+@pytest.mark.skipif(subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0,
+                    reason="needs user+mount namespaces (unshare -rm) for a read-only bind mount")
+def test_a_read_only_cache_is_used_as_is_or_refused_when_incomplete(roman_bucket):
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    before = snapshot(roman_bucket.cache)
+    show = "import os; print(os.environ['CRDS_CONTEXT'], os.environ['CRDS_READONLY_CACHE'])"
+    run = run_read_only(roman_bucket, "roman", "ops", "--verify-existing", "--", sys.executable, "-c", show)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["roman_0051.pmap", "1"]
+    assert run.events("read-only cache holds every planned file")
+    assert snapshot(roman_bucket.cache) == before
+    missing = os.path.join(roman_bucket.cache, "references/roman/roman_wfi_gain_0002.asdf")
+    os.unlink(missing)
+    run = run_read_only(roman_bucket, "roman", "ops")
+    assert run.returncode == ExitCode.CACHE
+    (error,) = run.errors
+    assert "is read-only and lacks 1 file(s), e.g. roman_wfi_gain_0002.asdf" in error["event"]
+
+
+def test_a_link_planted_in_the_cache_is_refused_and_never_followed(roman_bucket, tmp_path):
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    outside = tmp_path / "outside.asdf"
+    outside.write_bytes(b"precious")
+    victim = os.path.join(roman_bucket.cache, "references/roman/roman_wfi_gain_0002.asdf")
+    os.unlink(victim)
+    os.symlink(outside, victim)
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.CACHE
+    assert "roman_wfi_gain_0002.asdf is a symbolic link" in run.errors[0]["event"]
+    assert outside.read_bytes() == b"precious"
+
+
+def test_a_cache_folder_linked_outside_is_refused(roman_bucket, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.makedirs(os.path.join(roman_bucket.cache, "references"))
+    os.symlink(elsewhere, os.path.join(roman_bucket.cache, "references/roman"))
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.CACHE
+    assert "leads outside the cache" in run.errors[0]["event"]
+    assert list(elsewhere.iterdir()) == [], "nothing was written through the link"
