@@ -192,6 +192,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="crds-job",
+        allow_abbrev=False,  # --dry is not --dry-run: a pipeline's arguments mean exactly what they say
         usage="crds-job [OPTIONS] OBSERVATORY ENVIRONMENT [--] [COMMAND [ARGS...]]",
         description="Warm a CRDS cache from S3, every file size- and sha1-checked, "
         "then exec COMMAND with an environment that makes crds use that cache offline.",

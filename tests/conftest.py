@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from crds_job.sample import context, server
+
+# Fuzzing: bounded and reproducible in the suite; HYPOTHESIS_PROFILE=fuzz for a long random run.
+settings.register_profile("suite", max_examples=300, derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 ROMAN_PREFIX = "/roman/crds"
 
