@@ -67,9 +67,14 @@ class LocalS3:
             return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
         weed = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
         assert self._workdir is not None
+        # Every port explicit (weed would derive gRPC ports as port + 10000), all on loopback,
+        # and no telemetry: nothing leaves this machine.
+        ports = {flag: free_port() for flag in ("master.port", "master.port.grpc", "volume.port",
+                                                "volume.port.grpc", "filer.port", "filer.port.grpc",
+                                                "s3.port.grpc")}
         return [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self._workdir}",
-                "-s3", f"-s3.port={self.port}", f"-master.port={free_port()}", f"-volume.port={free_port()}",
-                f"-filer.port={free_port()}", "-volume.max=0", "-master.volumeSizeLimitMB=1024"]
+                "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
+                "-s3", f"-s3.port={self.port}", *(f"-{flag}={port}" for flag, port in ports.items())]
 
     def __enter__(self) -> LocalS3:
         self._workdir = tempfile.mkdtemp(prefix=f"crds-job-{self.kind}-")

@@ -1,0 +1,345 @@
+"""Benchmark: crds-job against `crds sync` (the baseline) and a bare concurrent download (the limit).
+
+One run, one machine, one local S3 server (SeaweedFS by default: a real, fast S3 in Go; moto, in
+Python, is the bottleneck above a few tens of MB/s). A synthetic Roman context shaped like the
+real one (a pmap, the WFI imap, one rmap per real WFI reference type, references of the chosen
+size mix) is seeded, then, in alternation and on a cold cache each time:
+
+1. crds-job warming the whole context;
+2. the baseline: the real crds client in its S3 plugin mode (``crds sync --contexts CTX
+   --fetch-references`` with the crds_s3_set environment, crds_s3_get and awscli);
+3. the limit: the plainest concurrent download of the same objects with no checks, the faster
+   of raw aiobotocore GETs (at the best concurrency found) and ``aws s3 cp --recursive``.
+
+Also: a warm-cache rerun, a --verify-existing rerun, crds-job's peak RSS, and crds-job at 1x,
+4x and 16x the file count. Prints a markdown table; --out writes it to a file.
+
+    python bench/warm.py                       # both mixes, defaults sized for a few minutes
+    python bench/warm.py --quick               # seconds: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from crds_job import environments, launch
+from crds_job.sample import context, server
+
+#: Roman WFI reference types (crds/roman/specs, step parameters left out): the rmaps of a context.
+WFI_TYPES = (
+    "absflux", "abvegaoffset", "apcorr", "area", "bam", "dark", "darkdecaysignal", "detectorstatus",
+    "distortion", "dustmap", "epsf", "etc", "flat", "gain", "integralnonlinearity", "inverselinearity",
+    "ipc", "linearity", "mask", "matable", "optmodel", "photom", "readnoise", "refpix", "relflux",
+    "saturation", "sflat", "skycells", "specpsf",
+)
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUCKET = "crds-bench"
+PREFIX = "/roman/crds"
+MB = 1e6
+
+
+@dataclass
+class Mix:
+    name: str
+    files: int  # references, about (rounded up to whole rmaps)
+    low: int  # bytes
+    high: int
+    types: int = 0  # rmaps; 0: one per WFI type, fewer when there are fewer files
+
+    def __post_init__(self) -> None:
+        self.types = self.types or min(len(WFI_TYPES), self.files)
+
+    def size(self, rng: random.Random, _name: str) -> int:
+        """Log-uniform between low and high, as reference sizes spread over decades."""
+        return int(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+
+
+def sample_for(mix: Mix, seed: int = 1) -> context.SampleBucket:
+    types = WFI_TYPES[: mix.types]
+    per_rmap = max(1, math.ceil(mix.files / len(types)))
+    rows, dates = min(18, per_rmap), math.ceil(per_rmap / 18)
+    rules = tuple(context.Rule(kind, ("ROMAN.META.INSTRUMENT.DETECTOR",),
+                               tuple((f"WFI{n:02d}",) for n in range(1, 19)), suffix=kind, extension=".asdf")
+                  for kind in types)
+    spec = context.Observatory(name="roman", instrument_key=context.ROMAN.instrument_key,
+                               date_keys=context.ROMAN.date_keys, file_ext=".asdf", rules={"WFI": rules},
+                               reference_name=context.ROMAN.reference_name)
+    return context.generate(spec, contexts=1, rows=rows, dates=min(dates, len(context.DATES)), size=mix.size,
+                            seed=seed)
+
+
+@dataclass
+class Timing:
+    seconds: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run ``command``; return (wall seconds, peak RSS in MB of that process tree's largest member)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed with {process.returncode}: {stderr[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+class Bench:
+    def __init__(self, s3: server.LocalS3, sample: context.SampleBucket, workdir: str) -> None:
+        self.s3 = s3
+        self.sample = sample
+        self.workdir = workdir
+        self.context = sample.contexts[-1]
+        self.meta = sample.metadata()
+        self.objects = sorted(sample.mappings) + sorted(sample.references_of[self.context])
+        self.bytes = sum(int(self.meta[name]["size"]) for name in self.objects)
+        self.location = environments.locate("roman", "ops", bucket=BUCKET)
+
+    def fresh_cache(self) -> str:
+        path = tempfile.mkdtemp(prefix="cache-", dir=self.workdir)
+        return path
+
+    def base_env(self, cache: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CRDS", "AWS_"))}
+        env.update(self.s3.client_env())
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env["CRDS_PATH"] = cache
+        return env
+
+    def check(self, cache: str, flat: bool = True) -> None:
+        """Every planned file arrived whole (the contestants are compared on complete work)."""
+        for name in self.objects:
+            folder = "mappings" if name.endswith("map") else "references"
+            path = os.path.join(cache, folder, "roman", name)
+            if not flat and folder == "references" and not os.path.exists(path):
+                path = os.path.join(cache, folder, "roman", "wfi", name)
+            if os.path.getsize(path) != int(self.meta[name]["size"]):
+                raise RuntimeError(f"{name} arrived with the wrong size in {cache}")
+
+    # ----- the contestants --------------------------------------------------------------------
+
+    def crds_job(self, cache: str, *args: str) -> tuple[float, float]:
+        env = self.base_env(cache)
+        env.update(CRDS_S3_BUCKET=BUCKET, CRDS_S3_PREFIX=PREFIX)
+        result = timed([sys.executable, "-m", "crds_job", "roman", "ops", *args], env)
+        self.check(cache)
+        return result
+
+    def baseline(self, cache: str) -> tuple[float, float]:
+        os.makedirs(os.path.join(cache, "config/roman"))
+        with open(os.path.join(cache, "config/roman/ref_cache_subdir_mode"), "w") as handle:
+            handle.write("flat")  # what crds-job writes; else the client guesses "instrument"
+        env = launch.apply(self.base_env(cache),
+                           launch.crds_environment(self.location, cache, self.context, "flat", allow_fetch=True))
+        env.pop("CRDS_CONTEXT")
+        result = timed([sys.executable, "-m", "crds.sync", "--contexts", self.context, "--fetch-references"], env)
+        self.check(cache)
+        return result
+
+    def limit_aiobotocore(self, cache: str, concurrency: int) -> tuple[float, float]:
+        env = self.base_env(cache)
+        command = [sys.executable, os.path.join(HERE, "raw_get.py"), self.s3.endpoint, BUCKET, PREFIX.strip("/"),
+                   cache, str(concurrency)]
+        start = time.perf_counter()
+        subprocess.run(command, env=env, input="\n".join(self.objects), text=True, check=True)
+        seconds = time.perf_counter() - start
+        self.check(cache)
+        return seconds, 0.0
+
+    def limit_awscli(self, cache: str) -> tuple[float, float]:
+        env = self.base_env(cache)
+        prefix = PREFIX.strip("/")
+        total = 0.0
+        for area, include in (("mappings", "*map"), ("references", "*")):
+            seconds, _ = timed(["aws", "s3", "cp", "--recursive", "--quiet", "--exclude", "*", "--include", include,
+                                f"s3://{BUCKET}/{prefix}/{area}/roman/", os.path.join(cache, area, "roman")], env)
+            total += seconds
+        return total, 0.0
+
+
+def seed(s3: server.LocalS3, sample: context.SampleBucket) -> None:
+    client = s3.client()
+    existing = [b["Name"] for b in client.list_buckets().get("Buckets", [])]
+    if BUCKET in existing:
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=BUCKET):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=BUCKET, Key=item["Key"])
+    server.seed(client, BUCKET, PREFIX, sample, create=BUCKET not in existing)
+
+
+def summarize(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, workdir: str,
+                log) -> dict[str, object]:
+    sample = sample_for(mix)
+    seed(s3, sample)
+    bench = Bench(s3, sample, workdir)
+    files = len(bench.objects)
+    log(f"{mix.name}: {files} files, {bench.bytes / MB:.1f} MB")
+    best = None
+    for concurrency in (8, 32, 64):  # the limit at its best concurrency
+        seconds, _ = bench.limit_aiobotocore(bench.fresh_cache(), concurrency)
+        if best is None or seconds < best[1]:
+            best = (concurrency, seconds)
+    limit_concurrency = best[0]
+    contestants = {
+        "crds-job": lambda cache: bench.crds_job(cache),
+        "crds sync (baseline)": bench.baseline,
+        f"raw aiobotocore, {limit_concurrency} at once":
+            lambda cache: bench.limit_aiobotocore(cache, limit_concurrency),
+        "aws s3 cp --recursive": bench.limit_awscli,
+    }
+    timings = {name: Timing() for name in contestants}
+    order = list(contestants)
+    for run in range(runs):
+        for name in order[run % len(order):] + order[: run % len(order)]:  # alternate who goes first
+            if name.startswith("crds sync") and run >= baseline_runs:
+                continue
+            cache = bench.fresh_cache()
+            seconds, rss = contestants[name](cache)
+            timings[name].seconds.append(seconds)
+            timings[name].rss_mb.append(rss)
+            shutil.rmtree(cache)
+            log(f"  {name}: {seconds:.2f} s")
+    warm_cache = bench.fresh_cache()
+    bench.crds_job(warm_cache)
+    rerun = Timing()
+    verify = Timing()
+    for _ in range(runs):
+        seconds, rss = bench.crds_job(warm_cache)
+        rerun.seconds.append(seconds)
+        rerun.rss_mb.append(rss)
+        seconds, rss = bench.crds_job(warm_cache, "--verify-existing")
+        verify.seconds.append(seconds)
+        verify.rss_mb.append(rss)
+    shutil.rmtree(warm_cache)
+    timings["crds-job, warm cache rerun"] = rerun
+    timings["crds-job --verify-existing rerun"] = verify
+    return {"mix": mix, "files": files, "bytes": bench.bytes, "timings": timings,
+            "largest": max(int(bench.meta[n]["size"]) for n in bench.objects)}
+
+
+def table(result: dict[str, object]) -> list[str]:
+    timings: dict[str, Timing] = result["timings"]  # type: ignore[assignment]
+    files, size = result["files"], result["bytes"]
+    ours = statistics.median(timings["crds-job"].seconds)
+    limit = min(statistics.median(t.seconds) for n, t in timings.items()
+                if n.startswith(("raw", "aws")) and t.seconds)
+    baseline = timings["crds sync (baseline)"].seconds
+    rows = ["| contestant | runs | median s | min s | max s | MB/s | files/s | peak RSS MB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, timing in timings.items():
+        if not timing.seconds:
+            continue
+        median, low, high = summarize(timing.seconds)
+        moved = size if "rerun" not in name else 0
+        rss = f"{max(timing.rss_mb):.0f}" if max(timing.rss_mb) else "—"
+        rate = f"{moved / median / MB:.1f}" if moved else "—"
+        rows.append(f"| {name} | {len(timing.seconds)} | {median:.2f} | {low:.2f} | {high:.2f} | {rate} | "
+                    f"{files / median:.1f} | {rss} |")
+    rows.append("")
+    rows.append(f"baseline / crds-job = **{statistics.median(baseline) / ours:.1f}×**; "
+                f"crds-job / limit = **{ours / limit:.2f}×**; crds-job peak RSS "
+                f"{max(timings['crds-job'].rss_mb):.0f} MB with a largest file of {result['largest'] / MB:.0f} MB.")
+    return rows
+
+
+def linearity(s3: server.LocalS3, mix: Mix, factors: list[int], workdir: str, log) -> list[str]:
+    rows = ["| files | MB | crds-job s (median of 3) | s per 1000 files | s per GB |",
+            "| --- | --- | --- | --- | --- |"]
+    for factor in factors:
+        scaled = Mix(f"{mix.name} x{factor}", mix.files * factor, mix.low, mix.high, mix.types)
+        sample = sample_for(scaled)
+        seed(s3, sample)
+        bench = Bench(s3, sample, workdir)
+        seconds = []
+        for _ in range(3):
+            cache = bench.fresh_cache()
+            seconds.append(bench.crds_job(cache)[0])
+            shutil.rmtree(cache)
+        median = statistics.median(seconds)
+        files = len(bench.objects)
+        log(f"  x{factor}: {files} files {median:.2f} s")
+        rows.append(f"| {files} | {bench.bytes / MB:.0f} | {median:.2f} | {median / files * 1000:.2f} | "
+                    f"{median / (bench.bytes / 1e9):.2f} |")
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM; Python {platform.python_version()}; "
+            f"{platform.system()} {platform.release()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", choices=("seaweedfs", "moto"), default="seaweedfs")
+    parser.add_argument("--mix", choices=("small", "large", "both"), default="both")
+    parser.add_argument("--files", type=int, default=120, help="references of the small-file mix")
+    parser.add_argument("--large-files", type=int, default=6, help="references of the large-file mix")
+    parser.add_argument("--size-scale", type=float, default=0.5, help="multiplies the large mix's 50-500 MB")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline-runs", type=int, default=3, help="runs of crds sync (slow) among --runs")
+    parser.add_argument("--linear", default="1,4,16", help="file-count factors for the linearity table ('' to skip)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run in seconds")
+    parser.add_argument("--out", help="write the markdown report here too")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.files, args.large_files, args.size_scale, args.runs, args.baseline_runs = 4, 1, 0.02, 1, 1
+        args.linear = "1,4"
+    mixes = []
+    if args.mix in ("small", "both"):
+        mixes.append(Mix("small-file mix (10 kB-2 MB)", args.files, 10_000, 2_000_000))
+    if args.mix in ("large", "both"):
+        low, high = int(50e6 * args.size_scale), int(500e6 * args.size_scale)
+        mixes.append(Mix(f"large-file mix ({low / MB:.0f}-{high / MB:.0f} MB)", args.large_files, low, high,
+                         types=args.large_files))
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    report = ["# crds-job benchmark", "",
+              f"{datetime.date.today().isoformat()} on {machine()}; S3 server: {args.server} on loopback.", ""]
+    with tempfile.TemporaryDirectory(prefix="crds-job-bench-") as workdir, server.LocalS3(args.server) as s3:
+        for mix in mixes:
+            result = measure_mix(s3, mix, args.runs, args.baseline_runs, workdir, log)
+            report += [f"## {mix.name}: {result['files']} files, {result['bytes'] / MB:.1f} MB", ""]
+            report += table(result) + [""]
+        if args.linear and mixes:
+            factors = [int(f) for f in args.linear.split(",")]
+            report += [f"## crds-job cost against file count ({mixes[0].name})", ""]
+            report += linearity(s3, mixes[0], factors, workdir, log) + [""]
+    text = "\n".join(report)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
