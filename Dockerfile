@@ -5,7 +5,8 @@
 #   standalone:  docker build -t crds-job .
 #                docker run --rm -v crds-cache:/crds-cache crds-job roman ops
 #   layered on your calibration image (Debian/Ubuntu based, python3 >= 3.11 with pip):
-#                docker build --build-arg BASE_IMAGE=<romancal or HST calibration image> -t calib-crds .
+#                docker build --build-arg BASE_IMAGE=<romancal or HST calibration image> \
+#                             --build-arg EXTRAS= -t calib-crds .
 #                docker run --rm calib-crds roman ops -- strun romancal.pipeline.ExposurePipeline l1_img.asdf
 #
 # The wheels are built in a first stage from the same base, so compiled dependencies match the
@@ -25,6 +26,9 @@ FROM ${BASE_IMAGE}
 # tini is PID 1: it forwards signals to crds-job and, after the exec, to the calibration command,
 # and reaps zombies. Set TINI_VERSION="" on a base whose distribution has another version.
 ARG TINI_VERSION=0.19.0-1+b3
+# The crds library, for warming only the references of the input datasets. A calibration image
+# has its own crds: layer with EXTRAS="" to keep it as it is.
+ARG EXTRAS=crds
 ARG APP_UID=10001
 LABEL org.opencontainers.image.title="crds-job" \
       org.opencontainers.image.description="Warm a CRDS cache from S3, checksum-checked, then exec the calibration command" \
@@ -34,8 +38,11 @@ SHELL ["/bin/sh", "-eux", "-c"]
 RUN apt-get update \
  && apt-get install -y --no-install-recommends "tini${TINI_VERSION:+=$TINI_VERSION}" \
  && rm -rf /var/lib/apt/lists/*
+# Pinned by construction: --no-index installs only the wheels the build stage made from the lock.
+# hadolint ignore=DL3013
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python3 -m pip install --no-cache-dir --no-index --find-links /wheels /wheels/crds_job-*.whl
+    set -- /wheels/crds_job-*.whl \
+ && python3 -m pip install --no-cache-dir --no-index --find-links /wheels "$1${EXTRAS:+[$EXTRAS]}"
 COPY entrypoint.py /opt/crds-job/entrypoint.py
 RUN useradd --uid "${APP_UID}" --create-home --shell /usr/sbin/nologin crds \
  && mkdir -p /crds-cache \

@@ -47,7 +47,8 @@ MEANING = {
                     "that cannot be resolved or is not in the bucket, an unknown instrument",
     ExitCode.BUCKET_CONTENT: "the bucket's server_config or a mapping is unusable (malformed, unsafe names, "
                              "files missing from its metadata)",
-    ExitCode.DATASET: "an input dataset is missing or unreadable",
+    ExitCode.DATASET: "an input dataset (--datasets, or found in COMMAND) is missing, unreadable, or of an "
+                      "instrument the context does not cover",
     ExitCode.S3_ACCESS: "S3 unreachable or refusing: no or expired credentials, access denied, "
                         "no such bucket, an object missing, throttling that outlasted the retries",
     ExitCode.INTERNAL: "a bug in crds-job (the log line carries the traceback)",

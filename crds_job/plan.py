@@ -114,3 +114,22 @@ def build(
         mappings=tuple(mapping_entries),
         references=tuple(sorted(reference_entries.values(), key=lambda e: e.name)),
     )
+
+
+def narrow(full: Plan, chosen: Iterable[str]) -> Plan:
+    """The plan with only the ``chosen`` references (and their GEIS data partners).
+
+    ``chosen`` comes from crds's best references over the same mappings, so
+    each name must be one the context's rmaps name.
+    """
+    by_name = {entry.name: entry for entry in full.references}
+    wanted: dict[str, Entry] = {}
+    for name in chosen:
+        for one in filter(None, (name, names.geis_partner(name))):
+            found = by_name.get(one)
+            if found is None:
+                raise BucketContentError(f"crds chose {one}, which no rmap of {full.context} names",
+                                         "report it with this line; pass --all-references meanwhile")
+            wanted[one] = found
+    return Plan(context=full.context, instruments=full.instruments, mappings=full.mappings,
+                references=tuple(sorted(wanted.values(), key=lambda e: e.name)))

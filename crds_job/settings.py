@@ -70,6 +70,11 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.lower() for item in re.split(r"[,\s]+", text.strip()) if item)
 
 
+def parse_paths(text: str) -> tuple[str, ...]:
+    """Read ``a.fits,s3://b/c.asdf`` as paths or URLs: commas or newlines, case kept."""
+    return tuple(item.strip() for item in re.split(r"[,\n]+", text) if item.strip())
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: how it is spelled on argv and in the environment."""
@@ -100,6 +105,11 @@ OPTIONS: tuple[Option, ...] = (
            crds_env="CRDS_PATH", metavar="DIR"),
     Option("instruments", "warm only these instruments' references (comma separated)",
            parse=parse_list, default=(), metavar="A,B"),
+    Option("datasets", "warm only the references these input datasets need (FITS/ASDF paths or "
+           "s3:// URLs, comma separated; default: the dataset files among COMMAND's arguments)",
+           parse=parse_paths, default=(), metavar="PATH,..."),
+    Option("all_references", "warm every reference of the context even when COMMAND names datasets",
+           parse=parse_bool, default=False, flag_value=True),
     Option("mappings_only", "warm the context's mappings, no references",
            parse=parse_bool, default=False, flag_value=True),
     Option("concurrency", "S3 requests in flight at once",
@@ -152,6 +162,8 @@ class Settings:
     context: str | None
     cache: str
     instruments: tuple[str, ...]
+    datasets: tuple[str, ...]
+    all_references: bool
     mappings_only: bool
     concurrency: int
     part_size: int
@@ -179,6 +191,7 @@ class Settings:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
         values["command"] = list(self.command)
         values["instruments"] = list(self.instruments)
+        values["datasets"] = list(self.datasets)
         return {"settings": values, "from": dict(self.sources)}
 
 
@@ -303,6 +316,12 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
     if values["context"]:
         values["context"] = values["context"].strip()
     values["cache"] = os.path.abspath(os.path.expanduser(values["cache"]))
+    if values["datasets"]:
+        clash = [OPTION_BY_NAME[name].flag for name in ("all_references", "mappings_only", "instruments")
+                 if values[name]]
+        if clash:
+            raise UsageError(f"--datasets cannot be combined with {', '.join(clash)}",
+                             "name the datasets to warm their references, or drop --datasets")
     return Settings(
         observatory=location.observatory,
         environment=location.environment,
@@ -325,7 +344,7 @@ def env_names() -> list[str]:
 def _default_text(option: Option) -> str:
     value = option.default
     if value is None or value == ():
-        return "all" if option.name == "instruments" else "—"
+        return {"instruments": "all", "datasets": "from COMMAND"}.get(option.name, "—")
     if option.parse is not str and isinstance(value, int) and not isinstance(value, bool) and value >= 2**20:
         return f"{value // 2**20}MiB"
     if isinstance(value, bool):

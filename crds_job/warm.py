@@ -17,10 +17,12 @@ import asyncio
 import datetime
 import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import mapping, plan, server_config
+from . import bestrefs, datasets, launch, mapping, plan, server_config
 from .cache import MODE_FILE, Cache
 from .errors import BucketContentError, CacheError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
@@ -44,6 +46,8 @@ class Outcome:
     progress: Progress
     fetched: bool = False
     unchecked_sha1: list[str] = field(default_factory=list)
+    selection: datasets.Selection = datasets.Selection((), "none")
+    choices: list[bestrefs.Choice] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
         """The plan as ``--dry-run`` prints it: every file, its bytes, whether it is cached."""
@@ -81,6 +85,8 @@ class Outcome:
                 "fetch_files": len(self.to_fetch),
                 "fetch_bytes": fetch_bytes,
             },
+            "references_for": self.selection.source if self.selection.selective else "the whole context",
+            "datasets": [choice.report() for choice in self.choices],
             "files": files,
         }
 
@@ -97,6 +103,7 @@ class _Warm:
         self.fetcher = Fetcher(bucket, settings, self.progress, log)
         self.writable = not settings.dry_run and cache.writable()
         self.unwritten: list[plan.Entry] = []  # mappings fetched but not written (dry run, read-only cache)
+        self.unwritten_bytes: dict[str, bytes] = {}
 
     # ----- step 1 ---------------------------------------------------------------------------
 
@@ -155,6 +162,7 @@ class _Warm:
         else:
             data = await self.fetcher.fetch_bytes(entry)
             self.unwritten.append(entry)
+            self.unwritten_bytes[entry.name] = data
         try:
             text = data.decode("utf-8")
             return mapping.parse(entry.name, text, self.bucket.location.observatory,
@@ -204,6 +212,52 @@ class _Warm:
                 self.progress.files_present += 1
                 self.progress.bytes_present += entry.size
         return missing, corrupt
+
+    async def choose(
+        self, selection: datasets.Selection, the_plan: plan.Plan, config: server_config.ServerConfig
+    ) -> list[bestrefs.Choice]:
+        """The real crds's best references for each dataset, from the verified mappings, offline."""
+        location = self.bucket.location
+        folder = tempfile.mkdtemp(prefix="crds-job-bestrefs-")
+        try:
+            self._scratch_cache(folder, the_plan, config)
+            env = launch.apply(os.environ, launch.crds_environment(location, folder, the_plan.context, "flat",
+                                                                   allow_fetch=False))
+            choices = await bestrefs.choose(selection.datasets, the_plan.context, location.observatory, env,
+                                            anonymous=self.bucket.credentials == "anonymous")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        for choice in choices:
+            self.log.info("best references", dataset=choice.dataset, instrument=choice.instrument,
+                          references=choice.references, not_applicable=list(choice.not_applicable))
+            if choice.unmatched:
+                self.log.warning("no reference matched some types of a dataset; the calibration decides "
+                                 "whether that is fatal", dataset=choice.dataset, unmatched=choice.unmatched)
+        return choices
+
+    def _scratch_cache(self, folder: str, the_plan: plan.Plan, config: server_config.ServerConfig) -> None:
+        """A CRDS_PATH for crds to choose from: the context's verified mappings and a config, nothing else.
+
+        Not the cache itself, whose config is written last (a cache with a config
+        is a complete cache); cached mappings are linked, unwritten ones written.
+        """
+        observatory = self.bucket.location.observatory
+        mappings = os.path.join(folder, "mappings", observatory)
+        configs = os.path.join(folder, "config", observatory)
+        os.makedirs(mappings)
+        os.makedirs(configs)
+        for entry in the_plan.mappings:
+            target = os.path.join(mappings, entry.name)
+            data = self.unwritten_bytes.get(entry.name)
+            if data is None:
+                os.symlink(self.cache.path(entry), target)
+            else:
+                with open(target, "wb") as handle:
+                    handle.write(data)
+        synced = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        for name, text in ((server_config.NAME, server_config.for_cache(config, synced)), (MODE_FILE, "flat")):
+            with open(os.path.join(configs, name), "w", encoding="utf-8") as handle:
+                handle.write(text)
 
     # ----- step 4 ---------------------------------------------------------------------------
 
@@ -267,15 +321,28 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         raise await job.context_absent(context, pinned=bool(settings.context)) from None
     mappings = await job.load_closure(pmap, config)
     the_plan = plan.build(context, mappings, config.metadata, settings.instruments, settings.mappings_only)
+    selection = datasets.select(settings.datasets, settings.command,
+                                whole_context=bool(settings.all_references or settings.instruments
+                                                   or settings.mappings_only))
+    if selection.not_found:
+        log.info("command arguments named like datasets but not files: taken as outputs",
+                 arguments=list(selection.not_found))
+    choices: list[bestrefs.Choice] = []
+    if selection.selective:
+        log.info("warming the references of datasets", datasets=list(selection.datasets), source=selection.source)
+        choices = await job.choose(selection, the_plan, config)
+        the_plan = plan.narrow(the_plan, (name for choice in choices for name in choice.references.values()))
     to_fetch, corrupt = await job.survey(the_plan.references)
     to_fetch = job.unwritten + to_fetch
     unchecked = [entry.name for entry in the_plan.entries if not entry.sha1]
     outcome = Outcome(settings=settings, cache=cache, context=context, plan=the_plan,
-                      to_fetch=to_fetch, progress=progress, unchecked_sha1=unchecked)
+                      to_fetch=to_fetch, progress=progress, unchecked_sha1=unchecked,
+                      selection=selection, choices=choices)
     progress.files_total, progress.bytes_total = len(the_plan.entries), the_plan.total_bytes
     log.info("plan", context=context, mappings=len(the_plan.mappings), references=len(the_plan.references),
              bytes=the_plan.total_bytes, fetch_files=len(to_fetch), fetch_bytes=sum(e.size for e in to_fetch),
-             instruments=list(settings.instruments) or "all", mappings_only=settings.mappings_only)
+             instruments=list(settings.instruments) or "all", mappings_only=settings.mappings_only,
+             references_for=list(selection.datasets) or "the whole context")
     if unchecked:
         log.warning("the bucket publishes no sha1 for some files: they are checked by size only",
                     count=len(unchecked), first=unchecked[:5])

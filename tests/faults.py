@@ -157,7 +157,9 @@ class FaultProxy:
         for name, value in headers:
             if name.lower() not in ("transfer-encoding", "connection", "content-length"):
                 handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(data)))
+        # A HEAD answer has no body but the length of the object it describes.
+        length = response.getheader("Content-Length", "0") if handler.command == "HEAD" else str(len(data))
+        handler.send_header("Content-Length", length)
         if fault in ("reset", "truncate"):
             handler.send_header("Connection", "close")
         handler.end_headers()

@@ -22,6 +22,8 @@ import pytest
 from conftest import parse_logs
 
 from crds_job import settings
+from crds_job.sample import context
+from crds_job.sample import datasets as sample_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
@@ -134,12 +136,13 @@ def test_the_image_install_steps_rehearsed_outside_an_engine(tmp_path, roman_buc
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     own = [w for w in os.listdir(wheels) if w.startswith("crds_job-")]
     assert len(own) == 1
+    extras = re.search(r"^ARG EXTRAS=(\S*)$", open(DOCKERFILE).read(), re.MULTILINE).group(1)
     subprocess.run([str(venv / "bin/python"), "-m", "pip", "--disable-pip-version-check", "-q", "install",
-                    "--no-index", "--find-links", str(wheels), str(wheels / own[0])], check=True)
+                    "--no-index", "--find-links", str(wheels), f"crds-job[{extras}]"], check=True)
     installed = subprocess.run([str(venv / "bin/python"), "-m", "pip", "list", "--format=json"],
                                capture_output=True, text=True, check=True).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
-    assert {"crds-job", "s3fs", "structlog"} <= names and not names & {"moto", "pytest", "crds"}
+    assert {"crds-job", "s3fs", "structlog", "crds"} <= names and not names & {"moto", "pytest"}
     entrypoint = tmp_path / "opt/crds-job/entrypoint.py"
     entrypoint.parent.mkdir(parents=True)
     shutil.copy2(os.path.join(ROOT, "entrypoint.py"), entrypoint)
@@ -149,6 +152,15 @@ def test_the_image_install_steps_rehearsed_outside_an_engine(tmp_path, roman_buc
     assert done.returncode == 0, done.stderr
     logs, foreign = parse_logs(done.stderr)
     assert not foreign and logs[-1]["event"] == "warmed"
+    # The image's crds extra: a selective warm for one dataset, crds choosing in the image's venv.
+    dataset = sample_datasets.write_asdf(str(tmp_path / "l1_img.asdf"), context.ROMAN_DATASET_HEADER)
+    env["CRDS_PATH"] = str(tmp_path / "selective-cache")
+    done = subprocess.run([str(entrypoint), "roman", "ops", "--", "true", dataset], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    logs, _ = parse_logs(done.stderr)
+    chosen = next(line["references"] for line in logs if line["event"] == "best references")
+    assert chosen == roman_bucket.sample.expected[roman_bucket.sample.contexts[-1]]["wfi"]
     help_text = subprocess.run([str(venv / "bin/crds-job"), "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "OBSERVATORY ENVIRONMENT" in help_text.stdout
 

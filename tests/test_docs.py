@@ -30,3 +30,24 @@ def test_the_two_commands_and_ci():
         assert os.access(os.path.join(ROOT, script), os.X_OK)
     with open(os.path.join(ROOT, ".ci/run")) as handle:
         assert "exec ./scripts/test" in handle.read()
+
+
+def test_the_demo_warms_one_exposures_references_and_crds_finds_them_offline(tmp_path):
+    """What ./scripts/demo runs once its venv is set up (the test suite runs in that venv)."""
+    import json
+    import subprocess
+    import sys
+
+    from crds_job.sample import context
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRDS", "AWS_"))}
+    env.update(CRDS_PATH=str(tmp_path / "cache"), CRDS_JOB_LOG_FORMAT="json")
+    done = subprocess.run([sys.executable, "-m", "crds_job.sample", "demo"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    refs = json.loads(done.stdout)["references"]
+    expected = context.roman().expected[context.roman().contexts[-1]]["wfi"]
+    assert {kind: os.path.basename(path) for kind, path in refs.items()} == expected
+    assert all(path.startswith(str(tmp_path / "cache")) and os.path.isfile(path) for path in refs.values())
+    fetched = os.listdir(tmp_path / "cache" / "references" / "roman")
+    assert sorted(fetched) == sorted(expected.values())  # only the exposure's references

@@ -50,9 +50,10 @@ def test_every_option_has_a_twin_that_works():
         "concurrency": "3", "part_size": "1MiB", "memory_budget": "64M", "retries": "2", "dry_run": "yes",
         "verify_existing": "true", "allow_fetch": "on", "ref_subdir_mode": "instrument", "bucket": "b",
         "prefix": "/p", "env_file": "/e", "fsync": "0", "progress_interval": "0.5",
-        "log_format": "console", "log_level": "debug",
+        "log_format": "console", "log_level": "debug", "all_references": "1",
     }
-    assert set(values) == {option.name for option in settings.OPTIONS}
+    # --datasets excludes the whole-context options set here: its twin is tested in test_datasets.
+    assert set(values) | {"datasets"} == {option.name for option in settings.OPTIONS}
     env = {settings.OPTION_BY_NAME[name].env: value for name, value in values.items()}
     s = parse(["roman", "ops"], **env)
     assert all(s.sources[name] == settings.OPTION_BY_NAME[name].env for name in values)

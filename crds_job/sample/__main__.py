@@ -1,12 +1,15 @@
 """``python -m crds_job.sample``: the README's demo, a local S3 to play with, and a stand-in calibration.
 
 - ``demo``: start a local S3 server, seed it like STScI's Roman ops bucket
-  (``s3://stpubdata/roman/crds``), run ``crds-job roman ops`` with a command
-  that asks the real crds library for best references, offline, then stop.
+  (``s3://stpubdata/roman/crds``), write a sample WFI exposure ``l1_img.asdf``,
+  run ``crds-job roman ops`` with a command that names it (so only its
+  references are warmed) and asks the real crds library for its best
+  references, offline; then stop.
 - ``serve``: the same server and bucket, kept up until Ctrl-C, with the
   variables to export printed, to try ``crds-job`` by hand.
-- ``getreferences``: what the demo runs after the warm: crds.getreferences
-  for a sample WFI exposure header, printed as JSON.
+- ``getreferences [DATASET]``: what the demo runs after the warm:
+  crds.getreferences for the dataset's header (default: a sample WFI
+  exposure header), printed as JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import context, server
+from . import context, datasets, server
 
 
 def seeded(kind: str) -> server.LocalS3:
@@ -29,14 +32,17 @@ def seeded(kind: str) -> server.LocalS3:
 
 def demo(arguments: argparse.Namespace) -> int:
     cache = os.environ.get("CRDS_PATH") or tempfile.mkdtemp(prefix="crds-job-demo-")
+    exposure = datasets.write_asdf(os.path.join(tempfile.mkdtemp(prefix="crds-job-demo-data-"), "l1_img.asdf"),
+                                   context.ROMAN_DATASET_HEADER)
     s3 = seeded(arguments.server)
     try:
         env = dict(os.environ, **s3.client_env(), CRDS_PATH=cache)
         env.setdefault("CRDS_JOB_LOG_FORMAT", "console")
         command = [sys.executable, "-m", "crds_job", "roman", "ops", "--",
-                   sys.executable, "-m", "crds_job.sample", "getreferences"]
+                   sys.executable, "-m", "crds_job.sample", "getreferences", exposure]
         print(f"# local S3 at {s3.endpoint}, bucket s3://stpubdata/roman/crds; cache {cache}", file=sys.stderr)
-        print("# running: crds-job roman ops -- python -m crds_job.sample getreferences", file=sys.stderr)
+        print(f"# running: crds-job roman ops -- python -m crds_job.sample getreferences {exposure}",
+              file=sys.stderr)
         return subprocess.run(command, env=env).returncode
     finally:
         s3.__exit__()
@@ -62,7 +68,12 @@ def serve(arguments: argparse.Namespace) -> int:
 def getreferences(arguments: argparse.Namespace) -> int:
     import crds  # the real client, as in a calibration image
 
-    refs = crds.getreferences(context.ROMAN_DATASET_HEADER, observatory="roman")
+    header = context.ROMAN_DATASET_HEADER
+    if arguments.dataset:
+        from crds import data_file
+
+        header = data_file.get_free_header(arguments.dataset, (), None, "roman")
+    refs = crds.getreferences(header, observatory="roman")
     print(json.dumps({"context": os.environ.get("CRDS_CONTEXT"), "references": refs}, indent=1))
     return 0
 
@@ -71,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crds_job.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("demo", "serve", "getreferences"))
+    parser.add_argument("dataset", nargs="?", help="getreferences: the dataset whose header to use")
     parser.add_argument("--server", choices=("moto", "seaweedfs"), default="moto",
                         help="which local S3 server to run (default: moto)")
     arguments = parser.parse_args(argv)

@@ -96,9 +96,10 @@ ROMAN_DATASET_HEADER = {
 
 
 def _hst_rule(kind: str, keys: tuple[str, ...], rows: list[tuple[str, ...]], suffix: str, switch: str,
-              extension: str = ".fits") -> Rule:
+              extension: str = ".fits", extra_keys: tuple[str, ...] = ()) -> Rule:
+    """``extra_keys``: keywords crds's own hooks for this type read (crds/hst/<instrument>.py)."""
     header = {"reffile_format": "IMAGE", "reffile_required": "NONE", "reffile_switch": switch.upper(),
-              "rmap_relevance": "ALWAYS", "extra_keys": (), "filetype": suffix.upper()}
+              "rmap_relevance": "ALWAYS", "extra_keys": extra_keys, "filetype": suffix.upper()}
     return Rule(kind, keys, tuple(rows), suffix=suffix, extension=extension, header=header)
 
 
@@ -111,14 +112,16 @@ HST = Observatory(
     rules={
         "ACS": (
             _hst_rule("biasfile", ("DETECTOR", "CCDAMP", "CCDGAIN"),
-                      [("WFC", "ABCD", "2.0"), ("HRC", "C", "1.0"), ("WFC", "A", "1.0")], "bia", "biascorr"),
+                      [("WFC", "ABCD", "2.0"), ("HRC", "C", "1.0"), ("WFC", "A", "1.0")], "bia", "biascorr",
+                      extra_keys=("NUMCOLS", "NUMROWS", "LTV1", "LTV2", "XCORNER", "YCORNER", "CCDCHIP")),
             _hst_rule("darkfile", ("DETECTOR", "CCDAMP", "CCDGAIN"),
                       [("WFC", "ABCD", "2.0"), ("HRC", "C", "1.0")], "drk", "darkcorr"),
             _hst_rule("pfltfile", ("DETECTOR", "FILTER1", "FILTER2"),
                       [("WFC", "F606W", "CLEAR2L"), ("WFC", "F814W", "CLEAR2L")], "pfl", "flatcorr"),
         ),
         "WFC3": (
-            _hst_rule("biasfile", ("DETECTOR", "CCDAMP"), [("UVIS", "ABCD"), ("IR", "ABCD")], "bia", "biascorr"),
+            _hst_rule("biasfile", ("DETECTOR", "CCDAMP"), [("UVIS", "ABCD"), ("IR", "ABCD")], "bia", "biascorr",
+                      extra_keys=("SUBARRAY", "APERTURE")),
             _hst_rule("darkfile", ("DETECTOR", "CCDAMP"), [("UVIS", "ABCD"), ("IR", "ABCD")], "drk", "darkcorr"),
         ),
         "WFPC2": (
@@ -130,11 +133,15 @@ HST = Observatory(
 )
 
 #: Headers (one per instrument) that every sample HST rule of that instrument matches with its first row.
+#: Besides the matched keywords, the ones crds's hooks for these types read, as a raw dataset has them.
 HST_DATASET_HEADERS = {
     "ACS": {"INSTRUME": "ACS", "DETECTOR": "WFC", "CCDAMP": "ABCD", "CCDGAIN": "2.0", "FILTER1": "F606W",
-            "FILTER2": "CLEAR2L", "DATE-OBS": "2020-06-01", "TIME-OBS": "00:00:00"},
-    "WFC3": {"INSTRUME": "WFC3", "DETECTOR": "UVIS", "CCDAMP": "ABCD", "DATE-OBS": "2020-06-01",
-             "TIME-OBS": "00:00:00"},
+            "FILTER2": "CLEAR2L", "DATE-OBS": "2020-06-01", "TIME-OBS": "00:00:00", "APERTURE": "WFC",
+            "OBSTYPE": "IMAGING", "NUMCOLS": "4144", "NUMROWS": "2068", "LTV1": "24.0", "LTV2": "0.0",
+            "XCORNER": "0", "YCORNER": "0", "CCDCHIP": "1"},
+    "WFC3": {"INSTRUME": "WFC3", "DETECTOR": "UVIS", "CCDAMP": "ABCD", "CCDGAIN": "1.5", "DATE-OBS": "2020-06-01",
+             "TIME-OBS": "00:00:00", "APERTURE": "UVIS", "SUBARRAY": "F", "OBSTYPE": "IMAGING",
+             "BINAXIS1": "1", "BINAXIS2": "1", "FILTER": "F606W"},
 }
 
 #: Use-after dates, oldest first; a sample dataset (2020 and later) picks the last one.

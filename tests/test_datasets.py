@@ -1,0 +1,264 @@
+"""Selective warm: only the references the input datasets need, as the real crds chooses them.
+
+End to end against the S3 server on loopback: HST FITS datasets of two
+instruments and a Roman ASDF dataset, written by the tests with real header
+keywords; the references fetched are compared with what ``crds bestrefs``
+itself picks for the same files and context, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import assert_cache_verified, cache_files, new_bucket
+from faults import FaultProxy
+
+from crds_job import datasets, environments, launch, plan, settings
+from crds_job.errors import BucketContentError, ExitCode, UsageError
+from crds_job.sample import context
+from crds_job.sample import datasets as sample_datasets
+
+pytest.importorskip("crds", reason="choosing best references needs the crds client (the crds extra)")
+
+
+# ----- the pure parts ----------------------------------------------------------------------------
+
+
+def test_datasets_are_found_among_the_command_arguments():
+    exists = {"l1_img.asdf", "/data/j8bt06o6q_raw.fits"}.__contains__
+    found = datasets.select((), ["strun", "romancal.pipeline.ExposurePipeline", "l1_img.asdf",
+                                 "--output_file=out.asdf", "out_cal.asdf", "s3://bucket/x_raw.fits",
+                                 "/data/j8bt06o6q_raw.fits", "l1_img.asdf"], whole_context=False, exists=exists)
+    assert found.datasets == ("l1_img.asdf", "s3://bucket/x_raw.fits", "/data/j8bt06o6q_raw.fits")
+    assert found.source == "command"
+    assert found.not_found == ("out_cal.asdf",)  # an output to be: not an input
+
+
+def test_the_program_itself_and_whole_context_modes_are_never_datasets():
+    always = lambda _path: True  # noqa: E731
+    assert not datasets.select((), ["calwf3.e"], False, always).selective
+    assert not datasets.select((), ["./x.fits"], False, always).selective  # the program, not an argument
+    assert not datasets.select((), ["calwf3.e", "a_raw.fits"], True, always).selective
+    assert datasets.select(("b.fits",), ["calwf3.e", "a_raw.fits"], True, always).datasets == ("b.fits",)
+    assert not datasets.select((), ["strun", "x.asdf"], False, lambda _path: False).selective
+
+
+def test_datasets_option_and_its_env_twin():
+    parsed = settings.parse(["hst", "ops", "--datasets", "a_raw.fits,s3://b/C_raw.fits"], {})
+    assert parsed.datasets == ("a_raw.fits", "s3://b/C_raw.fits")  # case kept: these are paths
+    parsed = settings.parse(["hst", "ops"], {"CRDS_JOB_DATASETS": "x.fits\ny.fits"})
+    assert parsed.datasets == ("x.fits", "y.fits")
+    assert settings.parse(["hst", "ops", "--all-references"], {}).all_references
+
+
+@pytest.mark.parametrize("clash", [["--all-references"], ["--mappings-only"], ["--instruments", "acs"]])
+def test_datasets_cannot_be_combined_with_whole_context_options(clash):
+    with pytest.raises(UsageError, match="--datasets cannot be combined"):
+        settings.parse(["hst", "ops", "--datasets", "a.fits", *clash], {})
+
+
+def test_narrow_keeps_the_chosen_references_and_their_geis_partners():
+    meta = context.hst().metadata()
+    from crds_job.server_config import FileInfo
+
+    info = {name: FileInfo(int(v["size"]), v["sha1sum"]) for name, v in meta.items()}
+    references = tuple(plan.entry(n, "reference", info, "test") for n in sorted(info) if not n.endswith("map"))
+    full = plan.Plan("hst_0051.pmap", ("acs",), (), references)
+    geis = next(e.name for e in references if e.name.endswith(".r4h"))
+    narrowed = plan.narrow(full, [geis, references[0].name])
+    assert {e.name for e in narrowed.references} == {geis, geis[:-1] + "d", references[0].name}
+    with pytest.raises(BucketContentError, match="no rmap"):
+        plan.narrow(full, ["zzzzzzzzz_bia.fits"])
+
+
+# ----- end to end --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hst_bucket(s3, tmp_path):
+    return new_bucket(s3, context.hst(), str(tmp_path / "cache"), prefix="")
+
+
+@pytest.fixture
+def hst_datasets(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    return {instrument: sample_datasets.write_fits(str(folder / f"{instrument.lower()}_raw.fits"), header)
+            for instrument, header in context.HST_DATASET_HEADERS.items()}
+
+
+def references_in(cache: str) -> set[str]:
+    return {os.path.basename(p) for p in cache_files(cache) if p.startswith("references")}
+
+
+def crds_bestrefs(bucket, files: list[str]) -> dict[str, set[str]]:
+    """What the real ``crds bestrefs --files`` picks for ``files``, offline on the warmed cache."""
+    location = environments.locate("hst", "ops", bucket.name, bucket.prefix)
+    env = launch.apply(bucket.env(), launch.crds_environment(location, bucket.cache, bucket.sample.contexts[-1],
+                                                             "flat", allow_fetch=False))
+    out = os.path.join(bucket.cache, os.pardir, "bestrefs.json")
+    done = subprocess.run([sys.executable, "-m", "crds.bestrefs", "--files", *files, "--new-context",
+                           bucket.sample.contexts[-1], "--update-pickle", "--save-pickle", out],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "0 errors" in done.stderr, done.stderr[-2000:]
+    picked: dict[str, set[str]] = {}
+    with open(out) as handle:
+        for line in handle:
+            for dataset, header in json.loads(line).items():
+                picked[dataset] = {value.lower() for key, value in header.items()
+                                   if key.endswith("FILE") and key != "FILE_FORMAT" and "NOT FOUND" not in value}
+    return picked
+
+
+def test_hst_datasets_of_two_instruments_get_exactly_what_crds_bestrefs_picks(hst_bucket, hst_datasets):
+    files = [hst_datasets["ACS"], hst_datasets["WFC3"]]
+    run = hst_bucket.run("hst", "ops", "--datasets", ",".join(files))
+    assert run.returncode == 0, run.stderr
+    assert_cache_verified(hst_bucket.cache, hst_bucket.sample)
+    fetched = references_in(hst_bucket.cache)
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]
+    assert fetched == set(expected["acs"].values()) | set(expected["wfc3"].values())  # no WFPC2, no others
+    picked = crds_bestrefs(hst_bucket, files)  # the real crds, after the fact, on the same cache
+    assert fetched == picked[files[0]] | picked[files[1]]
+    chosen = {line["dataset"]: line["references"] for line in run.events("best references")}
+    assert chosen[files[0]] == expected["acs"]
+    # The whole mapping closure is there (crds may open any of it), and the cache is complete.
+    assert len([p for p in cache_files(hst_bucket.cache) if p.startswith("mappings")]) == 10
+    assert run.event("plan")["references"] == len(fetched)
+
+
+def test_the_dataset_in_the_command_is_found_and_the_command_uses_its_references(hst_bucket, hst_datasets):
+    script = ("import sys, os, crds\nfrom crds import data_file\n"
+              "header = data_file.get_free_header(sys.argv[1], (), None, 'hst')\n"
+              "refs = crds.getreferences(header, observatory='hst')\n"
+              "assert all(os.path.isfile(p) for p in refs.values()), refs\n"
+              "print(sorted(os.path.basename(p) for p in refs.values()))\n")
+    run = hst_bucket.run("hst", "ops", "--", sys.executable, "-c", script, hst_datasets["WFC3"])
+    assert run.returncode == 0, run.stderr
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["wfc3"]
+    assert references_in(hst_bucket.cache) == set(expected.values())
+    assert run.stdout.strip() == str(sorted(expected.values()))  # crds, offline, found them all in the cache
+    assert run.event("warming the references of datasets")["source"] == "command"
+
+
+def test_all_references_keeps_the_whole_context(hst_bucket, hst_datasets):
+    run = hst_bucket.run("hst", "ops", "--all-references", "--", "true", hst_datasets["ACS"])
+    assert run.returncode == 0, run.stderr
+    everything = {name for kinds in hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]].values()
+                  for name in kinds.values()}
+    assert references_in(hst_bucket.cache) > everything  # all of the context, not only the best ones
+    assert not run.events("warming the references of datasets")
+
+
+def test_a_roman_asdf_dataset(roman_bucket, tmp_path):
+    path = sample_datasets.write_asdf(str(tmp_path / "l1_img.asdf"), context.ROMAN_DATASET_HEADER)
+    run = roman_bucket.run("roman", "ops", "--", "true", path)
+    assert run.returncode == 0, run.stderr
+    expected = roman_bucket.sample.expected[roman_bucket.sample.contexts[-1]]["wfi"]
+    assert references_in(roman_bucket.cache) == set(expected.values())
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
+def test_a_real_roman_datamodel_file(roman_bucket, tmp_path):
+    """A level-1 file as roman_datamodels writes it (tagged tree, astropy Time), read by crds."""
+    rdm = pytest.importorskip("roman_datamodels.datamodels", reason="roman_datamodels is in the test extra")
+    from astropy.time import Time
+
+    model = rdm.ScienceRawModel.create_fake_data()
+    model.meta.instrument.detector = "WFI01"
+    model.meta.instrument.optical_element = "F158"
+    model.meta.exposure.type = "WFI_IMAGE"
+    model.meta.exposure.start_time = Time("2025-01-01T00:00:00", format="isot")
+    path = str(tmp_path / "r0000101001001001001_0001_wfi01_uncal.asdf")
+    model.save(path)
+    run = roman_bucket.run("roman", "ops", "--datasets", path)
+    assert run.returncode == 0, run.stderr
+    expected = roman_bucket.sample.expected[roman_bucket.sample.contexts[-1]]["wfi"]
+    assert references_in(roman_bucket.cache) == set(expected.values())
+
+
+def test_an_s3_dataset_is_read_by_its_header_only(s3, hst_bucket, hst_datasets, tmp_path):
+    big = sample_datasets.write_fits(str(tmp_path / "big_raw.fits"), context.HST_DATASET_HEADERS["ACS"],
+                                     data_bytes=16 * 2**20)
+    with open(big, "rb") as handle:
+        hst_bucket.put("inputs/big_raw.fits", handle.read())
+    url = f"s3://{hst_bucket.name}/inputs/big_raw.fits"
+    with FaultProxy(s3.endpoint) as proxy:
+        run = hst_bucket.run("hst", "ops", "--datasets", url, AWS_ENDPOINT_URL_S3=proxy.endpoint)
+        gets = proxy.gets("big_raw")
+    assert run.returncode == 0, run.stderr
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+    assert references_in(hst_bucket.cache) == set(expected.values())
+    assert gets and all(get.range for get in gets), "the dataset was read whole"
+    spans = [re.match(r"bytes=(\d+)-(\d+)", get.range) for get in gets]
+    read = sum(int(m.group(2)) - int(m.group(1)) + 1 for m in spans if m)
+    assert read < 2 * 2**20 < os.path.getsize(big)
+
+
+def test_dry_run_prints_each_datasets_choice_and_writes_nothing(hst_bucket, hst_datasets):
+    run = hst_bucket.run("hst", "ops", "--dry-run", "--datasets", hst_datasets["ACS"])
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+    assert report["datasets"] == [{"dataset": hst_datasets["ACS"], "instrument": "acs", "references": expected,
+                                   "not_applicable": [], "unmatched": {}}]
+    assert report["references_for"] == "--datasets"
+    assert {f["name"] for f in report["files"] if f["kind"] == "reference"} == set(expected.values())
+    assert report["totals"]["fetch_bytes"] == sum(f["size"] for f in report["files"])
+    assert not cache_files(hst_bucket.cache)
+
+
+def test_a_type_with_no_match_is_reported_and_the_rest_is_warmed(hst_bucket, tmp_path):
+    header = dict(context.HST_DATASET_HEADERS["ACS"], FILTER1="F999W")  # no flat for this filter
+    path = sample_datasets.write_fits(str(tmp_path / "odd_raw.fits"), header)
+    run = hst_bucket.run("hst", "ops", "--datasets", path)
+    assert run.returncode == 0, run.stderr
+    warning = run.event("no reference matched some types of a dataset; the calibration decides whether that is fatal")
+    assert list(warning["unmatched"]) == ["pfltfile"]
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+    assert references_in(hst_bucket.cache) == {expected["biasfile"], expected["darkfile"]}
+
+
+def _fails_with_dataset_error(run, pattern: str, cache: str) -> None:
+    assert run.returncode == ExitCode.DATASET, run.stderr
+    assert len(run.errors) == 1 and re.search(pattern, run.errors[0]["event"]), run.errors
+    assert not references_in(cache)  # nothing fetched for a job that cannot run
+    assert not [p for p in cache_files(cache) if os.path.basename(p).startswith(".")]
+
+
+def test_a_dataset_that_does_not_exist(hst_bucket, tmp_path):
+    run = hst_bucket.run("hst", "ops", "--datasets", str(tmp_path / "nowhere_raw.fits"))
+    _fails_with_dataset_error(run, r"nowhere_raw\.fits: it does not exist; check the path", hst_bucket.cache)
+    run = hst_bucket.run("hst", "ops", "--datasets", f"s3://{hst_bucket.name}/inputs/nowhere_raw.fits")
+    _fails_with_dataset_error(run, r"nowhere_raw\.fits: it does not exist", hst_bucket.cache)
+
+
+def test_a_dataset_whose_header_cannot_be_read(hst_bucket, tmp_path):
+    path = tmp_path / "garbage_raw.fits"
+    path.write_bytes(b"this is not FITS\n" * 100)
+    run = hst_bucket.run("hst", "ops", "--datasets", str(path))
+    _fails_with_dataset_error(run, r"garbage_raw\.fits: its header cannot be read", hst_bucket.cache)
+
+
+def test_an_instrument_the_context_does_not_cover(hst_bucket, tmp_path):
+    header = dict(context.HST_DATASET_HEADERS["WFC3"], INSTRUME="NICMOS", DETECTOR="IR")
+    path = sample_datasets.write_fits(str(tmp_path / "n_raw.fits"), header)
+    run = hst_bucket.run("hst", "ops", "--datasets", path)
+    _fails_with_dataset_error(run, r"instrument nicmos, which context hst_0051\.pmap does not cover "
+                                   r"\(it covers acs, wfc3, wfpc2\)", hst_bucket.cache)
+
+
+def test_without_the_crds_library_a_clear_usage_error(hst_bucket, hst_datasets, tmp_path):
+    """An image without crds: a module that cannot be imported stands in for the absent package."""
+    shadow = tmp_path / "shadow" / "crds"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named crds')\n")
+    run = hst_bucket.run("hst", "ops", "--datasets", hst_datasets["ACS"], PYTHONPATH=str(shadow.parent))
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert "needs the crds library" in run.errors[0]["event"]
+    assert "crds-job[crds]" in run.errors[0]["event"] and "--all-references" in run.errors[0]["event"]
