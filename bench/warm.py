@@ -11,8 +11,9 @@ size mix) is seeded, then, in alternation and on a cold cache each time:
 3. the limit: the plainest concurrent download of the same objects with no checks, the faster
    of raw aiobotocore GETs (at the best concurrency found) and ``aws s3 cp --recursive``.
 
-Also: a warm-cache rerun, a --verify-existing rerun, crds-job's peak RSS, and crds-job at 1x,
-4x and 16x the file count. Prints a markdown table; --out writes it to a file.
+Also: a warm-cache rerun, a --verify-existing rerun, crds-job's peak RSS, crds-job at 1x,
+4x and 16x the file count, and a selective warm (one dataset's references) against the whole
+context. Prints a markdown table; --out writes it to a file.
 
     python bench/warm.py                       # both mixes, defaults sized for a few minutes
     python bench/warm.py --quick               # seconds: a smoke run
@@ -34,8 +35,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from crds_job import environments, launch
-from crds_job.sample import context, server
+from crds_job import environments, launch, settings
+from crds_job.sample import context, datasets, server
 
 #: Roman WFI reference types (crds/roman/specs, step parameters left out): the rmaps of a context.
 WFI_TYPES = (
@@ -48,6 +49,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUCKET = "crds-bench"
 PREFIX = "/roman/crds"
 MB = 1e6
+PART_SIZE = settings.OPTION_BY_NAME["part_size"].default
 
 
 @dataclass
@@ -119,7 +121,17 @@ class Bench:
         env.update(self.s3.client_env())
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env["CRDS_PATH"] = cache
+        # Byte-compiled once, as in an installed image (pip compiles what it installs; a
+        # source checkout under PYTHONDONTWRITEBYTECODE would recompile at every start).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(self.workdir, "pycache")
         return env
+
+    def warm_up(self) -> None:
+        """Start each contestant's interpreter once, so no timed run pays for compiling."""
+        env = self.base_env(self.workdir)
+        for module in ("crds_job.cli", "crds.sync", "aiobotocore.session", "awscli.clidriver"):
+            subprocess.run([sys.executable, "-c", f"import {module}"], env=env, check=True)
 
     def check(self, cache: str, flat: bool = True) -> None:
         """Every planned file arrived whole (the contestants are compared on complete work)."""
@@ -194,6 +206,7 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, wor
     bench = Bench(s3, sample, workdir)
     files = len(bench.objects)
     log(f"{mix.name}: {files} files, {bench.bytes / MB:.1f} MB")
+    bench.warm_up()
     best = None
     for concurrency in (8, 32, 64):  # the limit at its best concurrency
         seconds, _ = bench.limit_aiobotocore(bench.fresh_cache(), concurrency)
@@ -202,6 +215,11 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, wor
     limit_concurrency = best[0]
     contestants = {
         "crds-job": lambda cache: bench.crds_job(cache),
+    }
+    if mix.high > PART_SIZE:  # does splitting large files into concurrent ranged GETs pay?
+        contestants["crds-job, one GET per file (--part-size 1GiB --memory-budget 1GiB)"] = \
+            lambda cache: bench.crds_job(cache, "--part-size", "1GiB", "--memory-budget", "1GiB")
+    contestants |= {
         "crds sync (baseline)": bench.baseline,
         f"raw aiobotocore, {limit_concurrency} at once":
             lambda cache: bench.limit_aiobotocore(cache, limit_concurrency),
@@ -283,6 +301,30 @@ def linearity(s3: server.LocalS3, mix: Mix, factors: list[int], workdir: str, lo
     return rows
 
 
+def selective(s3: server.LocalS3, mix: Mix, workdir: str, runs: int, log) -> list[str]:
+    """One exposure's references (``--datasets``) against the whole context, same bucket, cold caches."""
+    sample = sample_for(mix)
+    seed(s3, sample)
+    bench = Bench(s3, sample, workdir)
+    dataset = datasets.write_asdf(os.path.join(workdir, "l1_img.asdf"), context.ROMAN_DATASET_HEADER)
+    rows = ["| warm | files | MB | median s | min s | max s |", "| --- | --- | --- | --- | --- | --- |"]
+    for label, args in (("whole context", ()), ("one dataset (--datasets l1_img.asdf)", ("--datasets", dataset))):
+        seconds = []
+        for _ in range(runs):
+            cache = bench.fresh_cache()
+            env = bench.base_env(cache)
+            env.update(CRDS_S3_BUCKET=BUCKET, CRDS_S3_PREFIX=PREFIX)
+            seconds.append(timed([sys.executable, "-m", "crds_job", "roman", "ops", *args], env)[0])
+            files = [os.path.join(d, f) for d, _, names in os.walk(cache) for f in names
+                     if os.sep + "config" + os.sep not in d + os.sep]
+            size = sum(os.path.getsize(f) for f in files)
+            shutil.rmtree(cache)
+        median, low, high = summarize(seconds)
+        log(f"  {label}: {len(files)} files {median:.2f} s")
+        rows.append(f"| {label} | {len(files)} | {size / MB:.1f} | {median:.2f} | {low:.2f} | {high:.2f} |")
+    return rows
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -305,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--baseline-runs", type=int, default=3, help="runs of crds sync (slow) among --runs")
     parser.add_argument("--linear", default="1,4,16", help="file-count factors for the linearity table ('' to skip)")
+    parser.add_argument("--no-selective", dest="selective", action="store_false",
+                        help="skip the one-dataset against whole-context comparison")
     parser.add_argument("--quick", action="store_true", help="a smoke run in seconds")
     parser.add_argument("--out", help="write the markdown report here too")
     args = parser.parse_args(argv)
@@ -329,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
             result = measure_mix(s3, mix, args.runs, args.baseline_runs, workdir, log)
             report += [f"## {mix.name}: {result['files']} files, {result['bytes'] / MB:.1f} MB", ""]
             report += table(result) + [""]
+        if args.selective and mixes:
+            report += [f"## Selective warm for one dataset against the whole context ({mixes[0].name})", ""]
+            report += selective(s3, mixes[0], workdir, args.runs, log) + [""]
         if args.linear and mixes:
             factors = [int(f) for f in args.linear.split(",")]
             report += [f"## crds-job cost against file count ({mixes[0].name})", ""]

@@ -17,6 +17,7 @@ def test_the_harness_runs_and_prints_its_tables(tmp_path):
     report = out.read_text()
     for row in ("| crds-job |", "| crds sync (baseline) |", "| raw aiobotocore", "| aws s3 cp --recursive |",
                 "warm cache rerun", "--verify-existing rerun", "baseline / crds-job", "crds-job / limit",
+                "| one dataset (--datasets l1_img.asdf) |", "| whole context |",
                 "cost against file count"):
         assert row in report, row
     assert report.strip() == done.stdout.strip()  # --out holds what was printed
