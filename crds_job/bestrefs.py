@@ -10,7 +10,8 @@ scratch CRDS_PATH that holds the verified mappings); its log output stays out
 of our JSON lines; and crds is an optional dependency (``crds-job[crds]``,
 present in any calibration image), imported only there.
 
-Protocol: one JSON request on stdin, one JSON answer on stdout.
+Protocol: one JSON request on stdin; the JSON answer goes to a file the
+request names (not stdout, where a library's C code or subprocess may write).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DatasetError, UsageError
+from .errors import BucketContentError, DatasetError, S3AccessError, UsageError
 
 #: Bytes per read of a remote dataset: headers are read, data blocks skipped.
 HEADER_BLOCK = 256 * 1024
@@ -31,6 +32,8 @@ HEADER_BLOCK = 256 * 1024
 _NOT_APPLICABLE = "NOT FOUND n/a"
 _NOT_FOUND = "NOT FOUND"
 _CRDS_MISSING = "crds-missing"
+#: Seconds crds may take to choose, headers read included, before the warm gives up on it.
+TIMEOUT = 900.0
 
 
 @dataclass(frozen=True)
@@ -52,53 +55,94 @@ _TODO = {
     "missing": "check the path or URL and that the job can read it, or pass --all-references",
     "unreadable": "give a FITS or ASDF dataset, or pass --all-references to warm the whole context",
 }
+#: What a dataset found in the command (a guess) may be without stopping the warm: not a dataset.
+_SKIPPABLE = ("missing", "unreadable")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A command argument that looked like a dataset but is not one crds can read (an output, a parameter file)."""
+
+    dataset: str
+    reason: str
 
 
 def _choice(answer: Mapping[str, Any], context: str) -> Choice:
     dataset = answer["dataset"]
     reason = answer.get("error")
+    message = answer.get("message", "")
     if reason == "instrument":
         raise DatasetError(
             f"dataset {dataset} is of instrument {answer['instrument']}, which context {context} does not cover "
             f"(it covers {', '.join(answer['covered'])})",
             "pin a context of the dataset's observatory, or check the dataset",
         )
+    if reason in ("denied", "access"):
+        raise S3AccessError(f"dataset {dataset} cannot be read: {message}",
+                            "give the job read access to it" if reason == "denied" else "run the job again")
+    if reason == "backend":
+        raise UsageError(f"dataset {dataset} cannot be read here: {message}",
+                         "install the fsspec backend of that URL scheme (s3 and http are in the image)")
+    if reason == "crds":
+        raise BucketContentError(f"crds failed choosing references for {dataset} in {context}: {message}",
+                                 "report it with this line; pass --all-references meanwhile")
     if reason:
-        raise DatasetError(f"dataset {dataset}: {answer['message']}", _TODO.get(reason, _TODO["unreadable"]))
+        raise DatasetError(f"dataset {dataset}: {message}", _TODO.get(reason, _TODO["unreadable"]))
     return Choice(dataset=dataset, instrument=answer["instrument"], references=dict(answer["references"]),
                   not_applicable=tuple(answer["not_applicable"]), unmatched=dict(answer["unmatched"]))
 
 
-async def choose(
-    datasets: Sequence[str], context: str, observatory: str, env: Mapping[str, str], anonymous: bool
-) -> list[Choice]:
-    """Ask the real crds, in a child process with ``env``, for each dataset's best references."""
-    request = {"datasets": list(datasets), "context": context, "observatory": observatory, "anonymous": anonymous}
+async def _run_child(request: dict[str, Any], env: Mapping[str, str], answer_path: str) -> dict[str, Any]:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", __name__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-m", __name__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE, env=dict(env),
     )
     try:
-        out, err = await child.communicate(json.dumps(request).encode())
-    except BaseException:  # cancelled (a signal): the child goes too
+        _, err = await asyncio.wait_for(child.communicate(json.dumps(request).encode()), TIMEOUT)
+    except BaseException as exc:  # cancelled (a signal) or too slow: the child goes too
         if child.returncode is None:
             child.kill()
             await child.wait()
+        if isinstance(exc, TimeoutError):
+            raise DatasetError(f"crds did not choose references within {TIMEOUT:.0f} s",
+                               "check that the datasets can be read quickly, or pass --all-references") from None
         raise
     try:
-        answer = json.loads(out)
-    except json.JSONDecodeError:
+        with open(answer_path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError):
         tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise DatasetError(f"crds failed computing best references (exit {child.returncode}): {tail[0][:300]}",
-                           "report it with this line, or pass --all-references") from None
+        raise BucketContentError(f"crds failed choosing references (exit {child.returncode}): {tail[0][:300]}",
+                                 "report it with this line, or pass --all-references") from None
+
+
+async def choose(
+    datasets: Sequence[str], context: str, observatory: str, env: Mapping[str, str], anonymous: bool,
+    strict: bool, scratch: str,
+) -> tuple[list[Choice], list[Skipped]]:
+    """Ask the real crds, in a child process with ``env``, for each dataset's best references.
+
+    ``strict``: every dataset must be read (named with --datasets). Otherwise
+    (found in the command) one that is missing or unreadable is skipped.
+    """
+    answer_path = os.path.join(scratch, "answer.json")
+    request = {"datasets": list(datasets), "context": context, "observatory": observatory,
+               "anonymous": anonymous, "answer": answer_path}
+    answer = await _run_child(request, env, answer_path)
     if answer.get("fatal") == _CRDS_MISSING:
         raise UsageError("warming only the datasets' references needs the crds library, which is not installed "
                          f"({answer['message']})",
                          "install crds-job[crds] (calibration images have crds), or pass --all-references")
     if answer.get("fatal"):
-        raise DatasetError(f"crds failed computing best references: {answer['message']}",
-                           "check the datasets and the context, or pass --all-references")
-    return [_choice(one, context) for one in answer["results"]]
+        raise BucketContentError(f"crds cannot load context {context}: {answer['message']}",
+                                 "pin another context, or pass --all-references")
+    choices, skipped = [], []
+    for one in answer["results"]:
+        if not strict and one.get("error") in _SKIPPABLE:
+            skipped.append(Skipped(one["dataset"], one["message"]))
+        else:
+            choices.append(_choice(one, context))
+    return choices, skipped
 
 
 # ----- the child: runs under the real crds -----------------------------------------------------
@@ -108,7 +152,7 @@ def _read_header(crds_io: Any, source: str, observatory: str, anonymous: bool) -
     """The dataset's header as ``crds bestrefs --files`` reads it (all FITS extensions, the ASDF tree)."""
     from . import datasets
 
-    name = source.rstrip("/").rsplit("/", 1)[-1]
+    name = datasets.crds_name(source.rstrip("/").rsplit("/", 1)[-1])
     if datasets.is_url(source):
         import fsspec
 
@@ -121,31 +165,49 @@ def _read_header(crds_io: Any, source: str, observatory: str, anonymous: bool) -
     return crds_io.file_factory(source, name, observatory).get_header((), checksum=False)
 
 
-def _one(crds: Any, source: str, context: str, observatory: str, anonymous: bool) -> dict[str, Any]:
+def _read_failure(exc: Exception) -> tuple[str, str]:
+    """Why a header could not be read: (reason, message), the reason deciding the exit code."""
+    text = f"{type(exc).__name__}: {exc}"[:400]
+    if isinstance(exc, FileNotFoundError):
+        return "missing", "it does not exist"
+    if isinstance(exc, PermissionError):
+        return "denied", text
+    if isinstance(exc, ImportError) or "protocol not known" in str(exc).lower():
+        return "backend", text
+    module = type(exc).__module__
+    if module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs")) or isinstance(exc, (ConnectionError,
+                                                                                             TimeoutError)):
+        return "access", text
+    return "unreadable", f"its header cannot be read: {text}"
+
+
+def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anonymous: bool) -> dict[str, Any]:
     from crds.core import utils
     from crds.io import factory
 
     answer: dict[str, Any] = {"dataset": source}
     try:
         header = _read_header(factory, source, observatory, anonymous)
-    except FileNotFoundError:
-        return dict(answer, error="missing", message="it does not exist")
-    except Exception as exc:  # any format error: the dataset cannot be read, say why
-        return dict(answer, error="unreadable", message=f"its header cannot be read: {type(exc).__name__}: {exc}"[:400])
-    pmap = crds.get_cached_mapping(context)
+    except Exception as exc:  # any failure to read: classified, so the exit code says what to do
+        reason, message = _read_failure(exc)
+        return dict(answer, error=reason, message=message)
     try:
         instrument = utils.header_to_instrument(header).lower()
     except Exception as exc:
         return dict(answer, error="unreadable", message=f"its header names no instrument: {exc}"[:400])
     if instrument not in pmap.selections:
         return dict(answer, error="instrument", instrument=instrument, covered=sorted(pmap.selections))
-    # As crds bestrefs does: the locator's types for this header, else every type of the instrument.
     try:
-        types = list(utils.get_locator_module(observatory).header_to_reftypes(header, context))
-    except Exception:
-        types = []
-    types = types or sorted(pmap.get_imap(instrument).selections)
-    found = crds.getrecommendations(header, reftypes=types, context=context, observatory=observatory, fast=True)
+        # As crds bestrefs does: the locator's types for this header, else every type of the instrument.
+        try:
+            types = list(utils.get_locator_module(observatory).header_to_reftypes(header, context))
+        except Exception:
+            types = []
+        types = types or sorted(pmap.get_imap(instrument).selections)
+        found = crds.getrecommendations(header, reftypes=types, context=context, observatory=observatory,
+                                        fast=True)
+    except Exception as exc:
+        return dict(answer, error="crds", message=f"{type(exc).__name__}: {exc}"[:400])
     references, not_applicable, unmatched = {}, [], {}
     for kind, value in sorted(found.items()):
         if value.startswith(_NOT_APPLICABLE):
@@ -159,21 +221,23 @@ def _one(crds: Any, source: str, context: str, observatory: str, anonymous: bool
 
 
 def main() -> int:
-    """The child: read the request, answer on the real stdout; crds's own chatter goes to stderr."""
+    """The child: read the request, write the answer to the file it names; crds's chatter goes to stderr."""
     request = json.load(sys.stdin)
-    out, sys.stdout = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr
     try:
         import crds
     except ImportError as exc:
         answer: dict[str, Any] = {"fatal": _CRDS_MISSING, "message": str(exc)}
     else:
         try:
-            answer = {"results": [_one(crds, source, request["context"], request["observatory"],
+            pmap = crds.get_cached_mapping(request["context"])
+        except Exception as exc:  # the context itself: nothing can be chosen from it
+            answer = {"fatal": "context", "message": f"{type(exc).__name__}: {exc}"[:500]}
+        else:
+            answer = {"results": [_one(crds, pmap, source, request["context"], request["observatory"],
                                        request["anonymous"]) for source in request["datasets"]]}
-        except Exception as exc:  # crds itself failed: the parent turns it into one clear line
-            answer = {"fatal": "crds", "message": f"{type(exc).__name__}: {exc}"[:500]}
-    out.write(json.dumps(answer))
-    out.flush()
+    with open(request["answer"], "w", encoding="utf-8") as handle:
+        json.dump(answer, handle)
     return 0
 
 

@@ -4,8 +4,10 @@ Pure: the rule that picks datasets out of a calibration command's arguments,
 so that ``crds-job roman ops strun romancal.pipeline.ExposurePipeline
 l1_img.asdf`` warms only what ``l1_img.asdf`` needs. The rule, as the README
 states it: an argument of COMMAND (not its program, not an option) that ends
-in a dataset suffix and is either an existing file or a URL. An argument that
-looks like a dataset but does not exist is an output to be, not an input.
+in a dataset suffix and is either an existing file or a URL. Found that way,
+a candidate is only a guess (``out_cal.asdf`` may be an output to be, an
+``.asdf`` a parameter file): one that turns out missing or unreadable is
+skipped, not fatal. Datasets named with ``--datasets`` are meant: strict.
 """
 
 from __future__ import annotations
@@ -14,14 +16,24 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-#: Suffixes of the dataset formats crds reads headers from (FITS, GEIS headers, ASDF).
-SUFFIXES = (".fits", ".fits.gz", ".fit", ".fits.fz", ".asdf", ".r0h", ".d0h", ".q0h", ".c0h")
+#: Suffixes of the dataset formats found in a command: FITS (plain or compressed) and ASDF.
+SUFFIXES = (".fits", ".fits.gz", ".fit", ".fits.fz", ".asdf")
+#: FITS suffixes crds does not know by name (it would sniff the bytes, and fail on a gzip).
+_FITS_ALIASES = (".fits.gz", ".fits.fz", ".fit")
 #: URL schemes read through fsspec (its registry knows more; these are the ones jobs use).
 URL_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "http://", "https://", "file://")
 
 
 def is_url(name: str) -> bool:
     return name.lower().startswith(URL_SCHEMES)
+
+
+def crds_name(name: str) -> str:
+    """The name to give crds for ``name``'s format: ``x.fits.gz`` -> ``x.fits`` (astropy reads either)."""
+    for alias in _FITS_ALIASES:
+        if name.lower().endswith(alias):
+            return name[: -len(alias)] + ".fits"
+    return name
 
 
 def looks_like_dataset(argument: str) -> bool:
@@ -40,6 +52,15 @@ class Selection:
     @property
     def selective(self) -> bool:
         return bool(self.datasets)
+
+    @property
+    def strict(self) -> bool:
+        """Named by the user: each must be read. Found in the command: a guess, skipped if not a dataset."""
+        return self.source == "--datasets"
+
+    def local_missing(self, exists: Callable[[str], bool] = os.path.isfile) -> list[str]:
+        """Named local datasets that are not there (checked before anything is fetched)."""
+        return [name for name in self.datasets if self.strict and not is_url(name) and not exists(name)]
 
 
 def select(

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import bestrefs, datasets, launch, mapping, plan, server_config
 from .cache import MODE_FILE, Cache
-from .errors import BucketContentError, CacheError, IntegrityError, UsageError
+from .errors import BucketContentError, CacheError, DatasetError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
 from .remote import Bucket, Missing
@@ -218,15 +218,23 @@ class _Warm:
     ) -> list[bestrefs.Choice]:
         """The real crds's best references for each dataset, from the verified mappings, offline."""
         location = self.bucket.location
-        folder = tempfile.mkdtemp(prefix="crds-job-bestrefs-")
+        try:
+            folder = tempfile.mkdtemp(prefix="crds-job-bestrefs-")
+        except OSError as exc:
+            raise CacheError(f"no scratch directory for crds to choose references in: {exc}",
+                             "give the job a writable TMPDIR (a /tmp volume on a read-only root)") from None
         try:
             self._scratch_cache(folder, the_plan, config)
             env = launch.apply(os.environ, launch.crds_environment(location, folder, the_plan.context, "flat",
                                                                    allow_fetch=False))
-            choices = await bestrefs.choose(selection.datasets, the_plan.context, location.observatory, env,
-                                            anonymous=self.bucket.credentials == "anonymous")
+            choices, skipped = await bestrefs.choose(
+                selection.datasets, the_plan.context, location.observatory, env,
+                anonymous=self.bucket.credentials == "anonymous", strict=selection.strict, scratch=folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        for one in skipped:
+            self.log.warning("a command argument named like a dataset is not one crds can read: skipped",
+                             argument=one.dataset, reason=one.reason)
         for choice in choices:
             self.log.info("best references", dataset=choice.dataset, instrument=choice.instrument,
                           references=choice.references, not_applicable=list(choice.not_applicable))
@@ -305,6 +313,14 @@ async def warm(settings: Settings, log: Any) -> Outcome:
 
 async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     cache, progress = job.cache, job.progress
+    selection = datasets.select(settings.datasets, settings.command,
+                                whole_context=bool(settings.all_references or settings.instruments
+                                                   or settings.mappings_only))
+    missing = selection.local_missing()
+    if missing:  # before anything is fetched
+        raise DatasetError(f"dataset {missing[0]}: it does not exist" + (f" (nor {len(missing) - 1} more)"
+                                                                          if len(missing) > 1 else ""),
+                           "check the path and that the job can read it, or pass --all-references")
     if job.writable:
         removed = cache.sweep()
         if removed:
@@ -321,9 +337,6 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         raise await job.context_absent(context, pinned=bool(settings.context)) from None
     mappings = await job.load_closure(pmap, config)
     the_plan = plan.build(context, mappings, config.metadata, settings.instruments, settings.mappings_only)
-    selection = datasets.select(settings.datasets, settings.command,
-                                whole_context=bool(settings.all_references or settings.instruments
-                                                   or settings.mappings_only))
     if selection.not_found:
         log.info("command arguments named like datasets but not files: taken as outputs",
                  arguments=list(selection.not_found))
@@ -331,7 +344,11 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     if selection.selective:
         log.info("warming the references of datasets", datasets=list(selection.datasets), source=selection.source)
         choices = await job.choose(selection, the_plan, config)
-        the_plan = plan.narrow(the_plan, (name for choice in choices for name in choice.references.values()))
+        if choices:
+            the_plan = plan.narrow(the_plan, (name for choice in choices for name in choice.references.values()))
+        else:  # every guess in the command was something else: nothing says what to narrow to
+            log.info("no dataset among the command's arguments: warming the whole context")
+            selection = datasets.Selection((), "none", selection.not_found)
     to_fetch, corrupt = await job.survey(the_plan.references)
     to_fetch = job.unwritten + to_fetch
     unchecked = [entry.name for entry in the_plan.entries if not entry.sha1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import uuid
@@ -149,3 +150,21 @@ def assert_cache_verified(root: str, sample: context.SampleBucket) -> None:
             with open(os.path.join(root, relative), "rb") as handle:
                 digest = hashlib.sha1(handle.read()).hexdigest()
             assert digest == meta[name]["sha1sum"], f"{relative} holds unverified bytes"
+
+
+#: Whether this machine lets a test bind-mount a cache read-only in a private namespace.
+READ_ONLY_MOUNTS = subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+def run_read_only(bucket, *args: str) -> Run:
+    """crds-job on the bucket's cache bind-mounted read-only, in a private mount namespace."""
+    cache = bucket.cache
+    job = shlex.join([sys.executable, "-m", "crds_job", *args])
+    script = f"mount --bind '{cache}' '{cache}' && mount -o remount,bind,ro '{cache}' && exec {job}"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=bucket.env(), capture_output=True,
+                          text=True, timeout=120)
+    return Run(done.returncode, done.stdout, done.stderr, *parse_logs(done.stderr))
+
+
+def snapshot(root: str) -> dict[str, tuple[int, int]]:
+    return {path: (os.stat(os.path.join(root, path)).st_mtime_ns, size) for path, size in cache_files(root).items()}

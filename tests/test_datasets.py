@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import assert_cache_verified, cache_files, new_bucket
-from faults import FaultProxy
+from conftest import READ_ONLY_MOUNTS, assert_cache_verified, cache_files, new_bucket, run_read_only, snapshot
+from faults import FaultProxy, Rule
 
 from crds_job import datasets, environments, launch, plan, settings
 from crds_job.errors import BucketContentError, ExitCode, UsageError
@@ -44,8 +44,20 @@ def test_the_program_itself_and_whole_context_modes_are_never_datasets():
     assert not datasets.select((), ["calwf3.e"], False, always).selective
     assert not datasets.select((), ["./x.fits"], False, always).selective  # the program, not an argument
     assert not datasets.select((), ["calwf3.e", "a_raw.fits"], True, always).selective
-    assert datasets.select(("b.fits",), ["calwf3.e", "a_raw.fits"], True, always).datasets == ("b.fits",)
     assert not datasets.select((), ["strun", "x.asdf"], False, lambda _path: False).selective
+
+
+def test_named_datasets_are_strict_and_guesses_are_not():
+    named = datasets.select(("a.fits", "s3://b/c.fits"), [], False, lambda _path: False)
+    assert named.strict and named.local_missing(lambda _path: False) == ["a.fits"]  # URLs: checked when read
+    guessed = datasets.select((), ["calwf3.e", "a_raw.fits"], False, lambda _path: True)
+    assert not guessed.strict and guessed.local_missing(lambda _path: False) == []
+
+
+@pytest.mark.parametrize("name, given", [("x_raw.fits.gz", "x_raw.fits"), ("x.fit", "x.fits"),
+                                         ("x_raw.FITS.FZ", "x_raw.fits"), ("l1.asdf", "l1.asdf")])
+def test_crds_is_given_a_name_whose_format_it_knows(name, given):
+    assert datasets.crds_name(name) == given
 
 
 def test_datasets_option_and_its_env_twin():
@@ -195,8 +207,9 @@ def test_an_s3_dataset_is_read_by_its_header_only(s3, hst_bucket, hst_datasets, 
     expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
     assert references_in(hst_bucket.cache) == set(expected.values())
     assert gets and all(get.range for get in gets), "the dataset was read whole"
-    spans = [re.match(r"bytes=(\d+)-(\d+)", get.range) for get in gets]
-    read = sum(int(m.group(2)) - int(m.group(1)) + 1 for m in spans if m)
+    spans = [re.fullmatch(r"bytes=(\d+)-(\d+)", get.range) for get in gets]
+    assert all(spans), [get.range for get in gets]  # bounded ranges only: no open-ended read of the rest
+    read = sum(int(m.group(2)) - int(m.group(1)) + 1 for m in spans)
     assert read < 2 * 2**20 < os.path.getsize(big)
 
 
@@ -234,6 +247,7 @@ def _fails_with_dataset_error(run, pattern: str, cache: str) -> None:
 def test_a_dataset_that_does_not_exist(hst_bucket, tmp_path):
     run = hst_bucket.run("hst", "ops", "--datasets", str(tmp_path / "nowhere_raw.fits"))
     _fails_with_dataset_error(run, r"nowhere_raw\.fits: it does not exist; check the path", hst_bucket.cache)
+    assert not cache_files(hst_bucket.cache)  # a local one is checked before anything is fetched
     run = hst_bucket.run("hst", "ops", "--datasets", f"s3://{hst_bucket.name}/inputs/nowhere_raw.fits")
     _fails_with_dataset_error(run, r"nowhere_raw\.fits: it does not exist", hst_bucket.cache)
 
@@ -262,3 +276,75 @@ def test_without_the_crds_library_a_clear_usage_error(hst_bucket, hst_datasets, 
     assert run.returncode == ExitCode.USAGE, run.stderr
     assert "needs the crds library" in run.errors[0]["event"]
     assert "crds-job[crds]" in run.errors[0]["event"] and "--all-references" in run.errors[0]["event"]
+
+
+def parameter_file(folder) -> str:
+    """An stpipe parameter file: ASDF, named like a dataset, with no instrument in it."""
+    import asdf
+
+    path = str(folder / "params.asdf")
+    asdf.AsdfFile({"class": "romancal.flatfield.FlatFieldStep", "name": "flat_field", "parameters": {}}).write_to(path)
+    return path
+
+
+def test_guesses_in_the_command_that_are_not_datasets_are_skipped(hst_bucket, hst_datasets, tmp_path):
+    """A parameter file, an output to be, an output URL: none stops the job; the real dataset counts."""
+    params = parameter_file(tmp_path)
+    output_url = f"s3://{hst_bucket.name}/outputs/x_cal.fits"
+    run = hst_bucket.run("hst", "ops", "--", "true", params, str(tmp_path / "out_cal.fits"), output_url,
+                         hst_datasets["ACS"])
+    assert run.returncode == 0, run.stderr
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+    assert references_in(hst_bucket.cache) == set(expected.values())
+    skipped = {line["argument"]: line["reason"] for line in
+               run.events("a command argument named like a dataset is not one crds can read: skipped")}
+    assert set(skipped) == {params, output_url}
+    assert "names no instrument" in skipped[params] and skipped[output_url] == "it does not exist"
+    outputs = run.event("command arguments named like datasets but not files: taken as outputs")
+    assert outputs["arguments"] == [str(tmp_path / "out_cal.fits")]
+
+
+def test_when_no_guess_is_a_dataset_the_whole_context_is_warmed(hst_bucket, tmp_path):
+    params = parameter_file(tmp_path)
+    run = hst_bucket.run("hst", "ops", "--", "true", params)
+    assert run.returncode == 0, run.stderr
+    everything = {name for kinds in hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]].values()
+                  for name in kinds.values()}
+    assert references_in(hst_bucket.cache) > everything
+    run.event("no dataset among the command's arguments: warming the whole context")
+
+
+def test_compressed_fits_datasets(hst_bucket, hst_datasets, tmp_path):
+    import gzip
+    import shutil
+
+    packed = tmp_path / "acs_raw.fits.gz"
+    with open(hst_datasets["ACS"], "rb") as source, gzip.open(packed, "wb") as target:
+        shutil.copyfileobj(source, target)
+    run = hst_bucket.run("hst", "ops", "--datasets", str(packed))
+    assert run.returncode == 0, run.stderr
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+    assert references_in(hst_bucket.cache) == set(expected.values())
+
+
+def test_a_dataset_the_job_may_not_read_is_an_s3_access_error(s3, hst_bucket, hst_datasets):
+    with open(hst_datasets["ACS"], "rb") as handle:
+        hst_bucket.put("inputs/acs_raw.fits", handle.read())
+    with FaultProxy(s3.endpoint) as proxy:
+        proxy.rules = [Rule("403", path="inputs/acs_raw", method="HEAD"), Rule("403", path="inputs/acs_raw")]
+        run = hst_bucket.run("hst", "ops", "--datasets", f"s3://{hst_bucket.name}/inputs/acs_raw.fits",
+                             AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    assert run.returncode == ExitCode.S3_ACCESS, run.stderr  # retryable, not a verdict on the dataset
+    assert "acs_raw.fits cannot be read" in run.errors[0]["event"]
+    assert not references_in(hst_bucket.cache)
+
+
+@pytest.mark.skipif(not READ_ONLY_MOUNTS, reason="needs user+mount namespaces (unshare -rm) for a read-only bind mount")
+def test_a_selective_warm_on_a_read_only_cache_holding_the_needed_files(hst_bucket, hst_datasets):
+    assert hst_bucket.run("hst", "ops", "--datasets", hst_datasets["WFC3"]).returncode == 0
+    before = snapshot(hst_bucket.cache)
+    run = run_read_only(hst_bucket, "hst", "ops", "--", "true", hst_datasets["WFC3"])
+    assert run.returncode == 0, run.stderr
+    assert run.events("read-only cache holds every planned file") and snapshot(hst_bucket.cache) == before
+    run = run_read_only(hst_bucket, "hst", "ops", "--", "true", hst_datasets["ACS"])  # other references
+    assert run.returncode == ExitCode.CACHE and "is read-only and lacks" in run.errors[0]["event"]

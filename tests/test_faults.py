@@ -10,14 +10,22 @@ import collections
 import json
 import os
 import random
-import shlex
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import Run, assert_cache_verified, cache_files, new_bucket, parse_logs
+from conftest import (
+    READ_ONLY_MOUNTS,
+    Run,
+    assert_cache_verified,
+    cache_files,
+    new_bucket,
+    parse_logs,
+    run_read_only,
+    snapshot,
+)
 from faults import FaultProxy, Rule
 
 from crds_job.errors import ExitCode
@@ -195,22 +203,7 @@ def test_concurrent_writers_download_each_file_once(s3, tmp_path, proxy):
 
 # ----- read-only and hostile caches ------------------------------------------------------------------
 
-def run_read_only(bucket, *args: str) -> Run:
-    """crds-job on the bucket's cache bind-mounted read-only, in a private mount namespace."""
-    cache = bucket.cache
-    job = shlex.join([sys.executable, "-m", "crds_job", *args])
-    script = f"mount --bind '{cache}' '{cache}' && mount -o remount,bind,ro '{cache}' && exec {job}"
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=bucket.env(), capture_output=True,
-                          text=True, timeout=120)
-    return Run(done.returncode, done.stdout, done.stderr, *parse_logs(done.stderr))
-
-
-def snapshot(root: str) -> dict[str, tuple[int, int]]:
-    return {path: (os.stat(os.path.join(root, path)).st_mtime_ns, size) for path, size in cache_files(root).items()}
-
-
-@pytest.mark.skipif(subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0,
-                    reason="needs user+mount namespaces (unshare -rm) for a read-only bind mount")
+@pytest.mark.skipif(not READ_ONLY_MOUNTS, reason="needs user+mount namespaces (unshare -rm) for a read-only bind mount")
 def test_a_read_only_cache_is_used_as_is_or_refused_when_incomplete(roman_bucket):
     assert roman_bucket.run("roman", "ops").returncode == 0
     before = snapshot(roman_bucket.cache)
