@@ -115,9 +115,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("concurrency", "S3 requests in flight at once",
            parse=_positive(int), default=32, metavar="N"),
     Option("part_size", "size of the ranged GETs a large file is split into",
-           parse=_positive(parse_size), default=16 * 2**20, metavar="BYTES"),
+           parse=_positive(parse_size), default=8 * 2**20, metavar="BYTES"),
     Option("memory_budget", "bytes of downloaded data held in memory at most",
-           parse=_positive(parse_size), default=128 * 2**20, metavar="BYTES"),
+           parse=_positive(parse_size), default=64 * 2**20, metavar="BYTES"),
     Option("retries", "attempts per S3 request and per file before giving up",
            parse=_positive(int), default=5, metavar="N"),
     Option("dry_run", "print the plan (files, bytes, what is cached) as JSON on stdout; "
