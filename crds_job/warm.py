@@ -102,8 +102,7 @@ class _Warm:
         self.progress = Progress()
         self.fetcher = Fetcher(bucket, settings, self.progress, log)
         self.writable = not settings.dry_run and cache.writable()
-        self.unwritten: list[plan.Entry] = []  # mappings fetched but not written (dry run, read-only cache)
-        self.unwritten_bytes: dict[str, bytes] = {}
+        self.unwritten: dict[plan.Entry, bytes] = {}  # mappings fetched, not written (dry run, read-only cache)
 
     # ----- step 1 ---------------------------------------------------------------------------
 
@@ -161,8 +160,7 @@ class _Warm:
                                      "another program is writing into the cache; give crds-job its own")
         else:
             data = await self.fetcher.fetch_bytes(entry)
-            self.unwritten.append(entry)
-            self.unwritten_bytes[entry.name] = data
+            self.unwritten[entry] = data
         try:
             text = data.decode("utf-8")
             return mapping.parse(entry.name, text, self.bucket.location.observatory,
@@ -249,23 +247,17 @@ class _Warm:
         Not the cache itself, whose config is written last (a cache with a config
         is a complete cache); cached mappings are linked, unwritten ones written.
         """
-        observatory = self.bucket.location.observatory
-        mappings = os.path.join(folder, "mappings", observatory)
-        configs = os.path.join(folder, "config", observatory)
-        os.makedirs(mappings)
-        os.makedirs(configs)
+        scratch = Cache(folder, self.bucket.location.observatory, "flat")
         for entry in the_plan.mappings:
-            target = os.path.join(mappings, entry.name)
-            data = self.unwritten_bytes.get(entry.name)
+            data = self.unwritten.get(entry)
             if data is None:
-                os.symlink(self.cache.path(entry), target)
+                scratch.ensure_folder(scratch.folder(entry.area))
+                os.symlink(self.cache.path(entry), scratch.path(entry))
             else:
-                with open(target, "wb") as handle:
-                    handle.write(data)
-        synced = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        for name, text in ((server_config.NAME, server_config.for_cache(config, synced)), (MODE_FILE, "flat")):
-            with open(os.path.join(configs, name), "w", encoding="utf-8") as handle:
-                handle.write(text)
+                scratch.write_now(scratch.path(entry), data, fsync=False)
+        for name, text in ((server_config.NAME, server_config.for_cache(config, _synced_now())),
+                           (MODE_FILE, scratch.mode)):
+            scratch.write_now(scratch.config_path(name), text.encode("utf-8"), fsync=False)
 
     # ----- step 4 ---------------------------------------------------------------------------
 
@@ -274,8 +266,7 @@ class _Warm:
         files = {MODE_FILE: self.cache.mode, "bad_files.txt": "\n".join(config.bad_files)}
         current = self._read_config_file(server_config.NAME)
         if current is None or not server_config.same_as_cached(config, current):
-            synced = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-            files[server_config.NAME] = server_config.for_cache(config, synced)
+            files[server_config.NAME] = server_config.for_cache(config, _synced_now())
         for name, text in files.items():
             if name == server_config.NAME or self._read_config_file(name) != text:
                 self.cache.write_now(self.cache.config_path(name), text.encode("utf-8"), self.settings.fsync)
@@ -289,6 +280,11 @@ class _Warm:
 
     def config_missing(self) -> list[str]:
         return [name for name in (MODE_FILE, server_config.NAME) if self._read_config_file(name) is None]
+
+
+def _synced_now() -> str:
+    """The ``last_synced`` stamp of a config written now, in the form the crds client writes."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _sha1_of(path: str) -> str:
@@ -350,7 +346,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
             log.info("no dataset among the command's arguments: warming the whole context")
             selection = datasets.Selection((), "none", selection.not_found)
     to_fetch, corrupt = await job.survey(the_plan.references)
-    to_fetch = job.unwritten + to_fetch
+    to_fetch = list(job.unwritten) + to_fetch
     unchecked = [entry.name for entry in the_plan.entries if not entry.sha1]
     outcome = Outcome(settings=settings, cache=cache, context=context, plan=the_plan,
                       to_fetch=to_fetch, progress=progress, unchecked_sha1=unchecked,
