@@ -83,13 +83,6 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 2)))
 
 
-def _write_all(fd: int, digest: Any, data: bytes) -> None:
-    digest.update(data)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 class Fetcher:
     """Fetches entries from one bucket into one cache, within the job's bounds."""
 
@@ -124,32 +117,33 @@ class Fetcher:
 
     # ----- one pass over a file's bytes -------------------------------------------------------
 
-    async def _part(self, entry: Entry, start: int, end: int, whole: bool) -> bytes:
+    async def _part(self, entry: Entry, start: int, end: int, whole: bool) -> list[bytes]:
         async with self._requests:
             if whole:
-                data = await self.bucket.read(entry.area, entry.name)
+                chunks = await self.bucket.read_chunks(entry.area, entry.name)
             else:
-                data = await self.bucket.read(entry.area, entry.name, start, end)
-        self.progress.bytes_transferred += len(data)
-        if not whole and len(data) != end - start:
-            raise Mismatch(f"a ranged GET of {entry.name} returned {len(data)} bytes, not {end - start}")
-        return data
+                chunks = await self.bucket.read_chunks(entry.area, entry.name, start, end)
+        received = sum(map(len, chunks))
+        self.progress.bytes_transferred += received
+        if not whole and received != end - start:
+            raise Mismatch(f"a ranged GET of {entry.name} returned {received} bytes, not {end - start}")
+        return chunks
 
-    async def _stream(self, entry: Entry, sink: Callable[[bytes], None]) -> None:
+    async def _stream(self, entry: Entry, sink: Callable[[list[bytes]], None]) -> None:
         """Pass ``entry``'s bytes, in order, to ``sink`` (run in the disk pool)."""
         spans = ranges(entry.size, self.part_size)
         if len(spans) == 1:
             await self._budget.acquire(entry.size)
             try:
-                data = await self._part(entry, 0, entry.size, whole=True)
-                await self.in_thread(sink, data)
+                chunks = await self._part(entry, 0, entry.size, whole=True)
+                await self.in_thread(sink, chunks)
             finally:
                 self._budget.release(entry.size)
             return
         # Parts start in order, each once its bytes fit in the budget, and are
         # written in order: the part being waited for always holds its budget,
         # so the pipeline cannot deadlock however many files share the budget.
-        queue: asyncio.Queue[tuple[asyncio.Task[bytes], int] | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[asyncio.Task[list[bytes]], int] | None] = asyncio.Queue()
 
         async def produce() -> None:
             for start, end in spans:
@@ -159,13 +153,13 @@ class Fetcher:
             await queue.put(None)
 
         producer = asyncio.ensure_future(produce())
-        held: list[tuple[asyncio.Task[bytes], int]] = []
+        held: list[tuple[asyncio.Task[list[bytes]], int]] = []
         try:
             while (item := await queue.get()) is not None:
                 task, amount = item
                 held.append(item)
-                data = await task
-                await self.in_thread(sink, data)
+                chunks = await task
+                await self.in_thread(sink, chunks)
                 held.remove(item)
                 self._budget.release(amount)
             await producer
@@ -222,9 +216,10 @@ class Fetcher:
             chunks: list[bytes] = []
             digest = hashlib.sha1()
 
-            def keep(data: bytes) -> None:
-                digest.update(data)
-                chunks.append(data)
+            def keep(data: list[bytes]) -> None:
+                for chunk in data:
+                    digest.update(chunk)
+                chunks.extend(data)
 
             await self._stream(entry, keep)
             data = b"".join(chunks)
@@ -258,7 +253,13 @@ class Fetcher:
             os.lseek(claim.fd, 0, os.SEEK_SET)
             os.ftruncate(claim.fd, 0)
             digest = hashlib.sha1()
-            await self._stream(entry, lambda data: _write_all(claim.fd, digest, data))
+
+            def write(chunks: list[bytes]) -> None:
+                for chunk in chunks:
+                    digest.update(chunk)
+                claim.append(chunks, flush_early=self.fsync)
+
+            await self._stream(entry, write)
             self._check(entry, os.fstat(claim.fd).st_size, digest.hexdigest())
 
         try:

@@ -24,6 +24,8 @@ import s3fs
 from .environments import Location
 from .errors import CrdsJobError, S3AccessError
 
+#: Most bytes taken from a response body at once (aiohttp hands over what it received, uncopied).
+READ_CHUNK = 8 * 2**20
 #: Server answers that mean "try again later".
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -136,9 +138,8 @@ def translate(exc: BaseException, uri: str, location: Location, credentials: str
     )
 
 
-async def _credential_source() -> str | None:
+async def _credential_source(session: aiobotocore.session.AioSession) -> str | None:
     """How the AWS SDK would sign requests ('env', 'iam-role', ...), or None without credentials."""
-    session = aiobotocore.session.AioSession()
     credentials = await session.get_credentials()
     if credentials is None:
         return None
@@ -157,10 +158,13 @@ class Bucket:
         self.retries = retries
         self.credentials = "unknown"
         self._fs: s3fs.S3FileSystem | None = None
-        self._session: Any = None
+        self._client: Any = None
 
     async def __aenter__(self) -> Bucket:
-        source = await _credential_source()
+        # One SDK session for both: the credential chain is resolved once, and the
+        # SDK's data files are loaded once.
+        session = aiobotocore.session.AioSession()
+        source = await _credential_source(session)
         if source is None and not self.location.public:
             raise translate(botocore.exceptions.NoCredentialsError(), self.location.uri(""),
                             self.location, "none")
@@ -168,6 +172,7 @@ class Bucket:
         self._fs = s3fs.S3FileSystem(
             asynchronous=True,
             anon=source is None,
+            session=session,
             skip_instance_cache=True,
             max_concurrency=1,  # we split large files ourselves, within the memory budget
             config_kwargs={
@@ -178,12 +183,12 @@ class Bucket:
             },
         )
         self._fs.retries = 1  # body errors go up to fetch, which retries the whole file
-        self._session = await self._fs.set_session()
+        self._client = await self._fs.set_session()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     @property
     def fs(self) -> s3fs.S3FileSystem:
@@ -191,10 +196,27 @@ class Bucket:
         return self._fs
 
     async def read(self, area: str, name: str, start: int | None = None, end: int | None = None) -> bytes:
-        """The bytes of ``name`` in ``area`` (``[start, end)`` if given)."""
+        """The bytes of ``name`` in ``area`` (``[start, end)`` if given), in one piece."""
+        return b"".join(await self.read_chunks(area, name, start, end))
+
+    async def read_chunks(
+        self, area: str, name: str, start: int | None = None, end: int | None = None
+    ) -> list[bytes]:
+        """The bytes of ``name`` in ``area`` (``[start, end)`` if given), as the socket delivered them.
+
+        Not joined: joining would copy every byte once more, on the event loop,
+        which is most of a large file's cost here beyond the transfer itself.
+        """
         path = self.location.path(area, name)
+        bucket, key, _ = self.fs.split_path(path)
+        ranged = {} if start is None or end is None else {"Range": f"bytes={start}-{end - 1}"}
         try:
-            return await self.fs._cat_file(path, start=start, end=end)
+            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **ranged)
+            body = response["Body"]
+            try:
+                return [chunk async for chunk in body.iter_chunks(READ_CHUNK)]
+            finally:
+                body.close()
         except Exception as exc:  # every S3 failure becomes one clear error
             raise translate(exc, self.location.uri(area, name), self.location, self.credentials) from exc
 

@@ -52,6 +52,17 @@ def test_a_held_claim_excludes_other_writers_and_commit_is_atomic(tmp_path):
     assert not os.path.exists(temp_path(final))
 
 
+@pytest.mark.parametrize("flush_early", [False, True])
+def test_append_writes_chunks_in_order_whether_or_not_writeback_starts_early(tmp_path, flush_early):
+    c = Cache(str(tmp_path), "roman", "flat")
+    claim = asyncio.run(c.claim(c.path(REF)))
+    parts = [[b"a" * 70_000, b"", b"b"], [memoryview(b"cd")], [os.urandom(1 << 20)]]
+    for chunks in parts:
+        claim.append(chunks, flush_early=flush_early)
+    claim.commit(fsync=flush_early)
+    assert open(c.path(REF), "rb").read() == b"".join(bytes(chunk) for chunks in parts for chunk in chunks)
+
+
 def test_sweep_removes_dead_writers_temps_but_not_live_ones(tmp_path):
     c = Cache(str(tmp_path), "roman", "flat")
     folder = tmp_path / "references/roman"
