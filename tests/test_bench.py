@@ -21,3 +21,18 @@ def test_the_harness_runs_and_prints_its_tables(tmp_path):
                 "cost against file count"):
         assert row in report, row
     assert report.strip() == done.stdout.strip()  # --out holds what was printed
+
+
+def test_two_seaweedfs_servers_run_side_by_side_and_leave_no_sockets():
+    """The benchmark's default server: its fixed-port listeners must not stop a second one starting."""
+    import glob
+
+    from crds_job.sample import server
+
+    with server.LocalS3("seaweedfs") as first, server.LocalS3("seaweedfs") as second:
+        for s3 in (first, second):
+            s3.client().create_bucket(Bucket="side-by-side")
+            assert [b["Name"] for b in s3.client().list_buckets()["Buckets"]] == ["side-by-side"]
+        ports = first._ports + second._ports
+    assert len(set(ports)) == len(ports) == 16
+    assert not [path for port in ports for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock")]

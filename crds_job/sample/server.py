@@ -7,6 +7,8 @@ Both listen on 127.0.0.1 only and stop with the ``with`` block.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
@@ -29,10 +31,17 @@ LOCAL_CREDENTIALS = {
 }
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all held open while picking, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, seconds: float = 60.0) -> None:
@@ -61,6 +70,7 @@ class LocalS3:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen | None = None
         self._workdir: str | None = None
+        self._ports: list[int] = []
 
     def command(self) -> list[str]:
         if self.kind == "moto":
@@ -69,12 +79,15 @@ class LocalS3:
         assert self._workdir is not None
         # Every port explicit (weed would derive gRPC ports as port + 10000), all on loopback,
         # and no telemetry: nothing leaves this machine.
-        ports = {flag: free_port() for flag in ("master.port", "master.port.grpc", "volume.port",
-                                                "volume.port.grpc", "filer.port", "filer.port.grpc",
-                                                "s3.port.grpc")}
+        # The S3 gateway's Iceberg and Lance listeners have fixed ports: off, or a second
+        # server on this machine (a parallel test, a benchmark) would fail to start.
+        flags = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                 "filer.port.grpc", "s3.port.grpc")
+        self._ports = [self.port, *free_ports(len(flags))]
         return [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self._workdir}",
                 "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
-                "-s3", f"-s3.port={self.port}", *(f"-{flag}={port}" for flag, port in ports.items())]
+                "-s3", f"-s3.port={self.port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                *(f"-{flag}={port}" for flag, port in zip(flags, self._ports[1:], strict=True))]
 
     def __enter__(self) -> LocalS3:
         self._workdir = tempfile.mkdtemp(prefix=f"crds-job-{self.kind}-")
@@ -85,6 +98,11 @@ class LocalS3:
         log.close()
         try:
             _wait_until_up(self.endpoint, self._process)
+        except RuntimeError as exc:
+            with open(os.path.join(self._workdir, "server.log"), "rb") as handle:
+                tail = handle.read()[-1500:].decode(errors="replace")
+            self.__exit__()
+            raise RuntimeError(f"{exc}; its log ends with:\n{tail}") from None
         except BaseException:
             self.__exit__()
             raise
@@ -100,6 +118,12 @@ class LocalS3:
                 self._process.wait()
         if self._workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
+        # weed also listens on /tmp/seaweedfs-<service>-<port>.sock, whatever TMPDIR says,
+        # and leaves them behind when it is killed.
+        for port in self._ports:
+            for leftover in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
 
     def client_env(self) -> dict[str, str]:
         """What a client process needs to reach this server (and nothing on AWS)."""
