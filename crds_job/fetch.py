@@ -4,8 +4,11 @@ Every file is fetched as one GET, or, when larger than the part size, as
 ranged GETs in flight together. Two bounds hold whatever the file sizes:
 requests in flight (``concurrency``) and bytes held in memory
 (``memory_budget``: a part is fetched only once its bytes fit). Parts are
-written in order, and the sha1 is computed as they are written (in a worker
-thread, beside the event loop), so no file is ever read twice nor held whole.
+written in order, as the pieces the socket delivered (never joined: a copy
+of every byte on the event loop was the largest cost after the transfer),
+and the sha1 is computed as they are written (in a worker thread, beside the
+event loop), so no file is ever read twice nor held whole. When files are
+fsync'ed, each part's writeback starts as soon as it is written.
 
 A file whose body is cut short or does not match its size and sha1 is
 fetched again, up to ``retries`` times with jittered exponential backoff;
