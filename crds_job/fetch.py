@@ -132,17 +132,24 @@ class Fetcher:
             raise Mismatch(f"a ranged GET of {entry.name} returned {received} bytes, not {end - start}")
         return chunks
 
-    async def _stream(self, entry: Entry, sink: Callable[[list[bytes]], None]) -> None:
-        """Pass ``entry``'s bytes, in order, to ``sink`` (run in the disk pool)."""
+    async def _stream(self, entry: Entry, sink: Callable[[list[bytes]], None]) -> str:
+        """Pass ``entry``'s bytes, in order, to ``sink`` (run in the disk pool); return their sha1."""
+        digest = hashlib.sha1()
+
+        def hashed(chunks: list[bytes]) -> None:
+            for chunk in chunks:
+                digest.update(chunk)
+            sink(chunks)
+
         spans = ranges(entry.size, self.part_size)
         if len(spans) == 1:
             await self._budget.acquire(entry.size)
             try:
                 chunks = await self._part(entry, 0, entry.size, whole=True)
-                await self.in_thread(sink, chunks)
+                await self.in_thread(hashed, chunks)
             finally:
                 self._budget.release(entry.size)
-            return
+            return digest.hexdigest()
         # Parts start in order, each once its bytes fit in the budget, and are
         # written in order: the part being waited for always holds its budget,
         # so the pipeline cannot deadlock however many files share the budget.
@@ -162,7 +169,7 @@ class Fetcher:
                 task, amount = item
                 held.append(item)
                 chunks = await task
-                await self.in_thread(sink, chunks)
+                await self.in_thread(hashed, chunks)
                 held.remove(item)
                 self._budget.release(amount)
             await producer
@@ -176,6 +183,7 @@ class Fetcher:
                 task.cancel()
                 self._budget.release(amount)
             await asyncio.gather(producer, *(task for task, _ in held), return_exceptions=True)
+        return digest.hexdigest()
 
     @staticmethod
     def _check(entry: Entry, size: int, sha1: str) -> None:
@@ -217,16 +225,9 @@ class Fetcher:
 
         async def once() -> bytes:
             chunks: list[bytes] = []
-            digest = hashlib.sha1()
-
-            def keep(data: list[bytes]) -> None:
-                for chunk in data:
-                    digest.update(chunk)
-                chunks.extend(data)
-
-            await self._stream(entry, keep)
+            sha1 = await self._stream(entry, chunks.extend)
             data = b"".join(chunks)
-            self._check(entry, len(data), digest.hexdigest())
+            self._check(entry, len(data), sha1)
             return data
 
         return await self.with_retries(entry, once)
@@ -255,15 +256,8 @@ class Fetcher:
         async def once() -> None:
             os.lseek(claim.fd, 0, os.SEEK_SET)
             os.ftruncate(claim.fd, 0)
-            digest = hashlib.sha1()
-
-            def write(chunks: list[bytes]) -> None:
-                for chunk in chunks:
-                    digest.update(chunk)
-                claim.append(chunks, flush_early=self.fsync)
-
-            await self._stream(entry, write)
-            self._check(entry, os.fstat(claim.fd).st_size, digest.hexdigest())
+            sha1 = await self._stream(entry, lambda chunks: claim.append(chunks, flush_early=self.fsync))
+            self._check(entry, os.fstat(claim.fd).st_size, sha1)
 
         try:
             await self.with_retries(entry, once)
