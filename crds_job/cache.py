@@ -40,6 +40,14 @@ _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _ADVICE = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 
 
+#: What tells a file from its replacement under the same name: a rename brings another inode.
+FileId = tuple[int, int]
+
+
+def file_id(info: os.stat_result) -> FileId:
+    return (info.st_dev, info.st_ino)
+
+
 def temp_path(final: str) -> str:
     folder, name = os.path.split(final)
     return os.path.join(folder, f".{name}{TEMP_SUFFIX}")
@@ -225,8 +233,8 @@ class Cache:
 
     # ----- state of files -----------------------------------------------------------------
 
-    def present_size(self, path: str) -> int | None:
-        """The size of the regular file at ``path``, None if absent; a link is refused."""
+    def present(self, path: str) -> os.stat_result | None:
+        """The ``lstat`` of the regular file at ``path``, None if absent; a link is refused."""
         try:
             info = os.lstat(path)
         except FileNotFoundError:
@@ -235,7 +243,20 @@ class Cache:
             raise CacheError(f"{path} is a symbolic link", "remove it; crds-job never follows links in the cache")
         if not stat.S_ISREG(info.st_mode):
             raise CacheError(f"{path} is not a regular file", "remove it and run the job again")
-        return info.st_size
+        return info
+
+    def present_size(self, path: str) -> int | None:
+        info = self.present(path)
+        return None if info is None else info.st_size
+
+    def holds(self, path: str, size: int, stale: FileId | None = None) -> bool:
+        """Whether ``path`` has a file of ``size`` that is not ``stale``, the copy found corrupt.
+
+        With several writers, another one may have replaced a corrupt copy
+        since it was found: its replacement is verified, and is kept.
+        """
+        info = self.present(path)
+        return info is not None and info.st_size == size and (stale is None or file_id(info) != stale)
 
     # ----- writing ------------------------------------------------------------------------
 

@@ -24,10 +24,10 @@ import concurrent.futures
 import hashlib
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from .cache import Cache, disk_full
+from .cache import Cache, FileId, disk_full
 from .errors import CacheError, IntegrityError
 from .plan import Entry
 from .progress import Progress
@@ -232,19 +232,20 @@ class Fetcher:
 
         return await self.with_retries(entry, once)
 
-    async def fetch_file(self, entry: Entry, cache: Cache, replace: bool = False) -> bool:
+    async def fetch_file(self, entry: Entry, cache: Cache, stale: FileId | None = None) -> bool:
         """Put ``entry`` in ``cache``, verified. False if another writer put it there first.
 
-        ``replace`` refetches a file whose size is right but whose sha1 was found wrong.
+        ``stale`` is the cached copy whose sha1 was found wrong: it is
+        replaced, unless another writer has replaced it already.
         """
         async with self._files:  # bounds open temp files, not only requests
-            return await self._fetch_file(entry, cache, replace)
+            return await self._fetch_file(entry, cache, stale)
 
-    async def _fetch_file(self, entry: Entry, cache: Cache, replace: bool) -> bool:
+    async def _fetch_file(self, entry: Entry, cache: Cache, stale: FileId | None) -> bool:
         final = cache.path(entry)
         claim = await cache.claim(final)
         try:
-            if not replace and cache.present_size(final) == entry.size:
+            if cache.holds(final, entry.size, stale):
                 claim.release()  # another process finished it while we waited
                 self.progress.files_present += 1
                 self.progress.bytes_present += entry.size
@@ -273,10 +274,11 @@ class Fetcher:
 
 
 async def fetch_all(
-    fetcher: Fetcher, cache: Cache, entries: list[Entry], replace: frozenset[str] = frozenset()
+    fetcher: Fetcher, cache: Cache, entries: list[Entry], stale: Mapping[str, FileId] | None = None
 ) -> None:
-    """Fetch every entry; the first failure cancels the rest, and is raised."""
-    tasks = [asyncio.ensure_future(fetcher.fetch_file(entry, cache, entry.name in replace)) for entry in entries]
+    """Fetch every entry (``stale``: the corrupt cached copies, by name); the first failure cancels the rest."""
+    stale = stale or {}
+    tasks = [asyncio.ensure_future(fetcher.fetch_file(entry, cache, stale.get(entry.name))) for entry in entries]
     try:
         await asyncio.gather(*tasks)
     except BaseException:

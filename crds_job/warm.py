@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import bestrefs, datasets, launch, mapping, plan, server_config
-from .cache import MODE_FILE, Cache
+from .cache import MODE_FILE, Cache, FileId, file_id
 from .errors import BucketContentError, CacheError, DatasetError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
@@ -125,36 +125,34 @@ class _Warm:
 
     # ----- step 2 ---------------------------------------------------------------------------
 
-    async def cached_bytes(self, entry: plan.Entry) -> bytes | None:
-        """The cached copy of a mapping, if its sha1 matches (mappings are small: always checked)."""
+    async def cached_bytes(self, entry: plan.Entry) -> tuple[bytes | None, FileId | None]:
+        """The cached copy of a mapping if its sha1 matches (mappings are small: always checked).
+
+        Else None, with the identity of the cached copy when one of the right
+        size is there but corrupt: only that copy is to be replaced.
+        """
         path = self.cache.path(entry)
         if self.cache.present_size(path) != entry.size:
-            return None
-
-        def read() -> bytes:
-            with open(path, "rb") as handle:
-                return handle.read()
-
-        data = await self.fetcher.in_thread(read)
-        if entry.sha1 and hashlib.sha1(data).hexdigest() != entry.sha1:
+            return None, None
+        data, found = await self.fetcher.in_thread(_read, path)
+        if len(data) != entry.size or (entry.sha1 and hashlib.sha1(data).hexdigest() != entry.sha1):
             self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
-            return None
-        return data
+            return None, found
+        return data, None
 
     async def load_mapping(self, entry: plan.Entry) -> mapping.Mapping:
         if entry.size > MAX_MAPPING_BYTES:
             raise BucketContentError(f"mapping {entry.name} is {entry.size} bytes, too large for a mapping",
                                      "report it to the bucket's maintainers")
-        data = await self.cached_bytes(entry)
+        data, stale = await self.cached_bytes(entry)
         if data is not None:
             self.progress.files_present += 1
             self.progress.bytes_present += entry.size
         elif self.writable:
             # Through the cache's lock, like a reference: with several writers on one
             # cache, one downloads the mapping and the others read what it wrote.
-            corrupt = self.cache.present_size(self.cache.path(entry)) == entry.size
-            await self.fetcher.fetch_file(entry, self.cache, replace=corrupt)
-            data = await self.cached_bytes(entry)
+            await self.fetcher.fetch_file(entry, self.cache, stale)
+            data, _ = await self.cached_bytes(entry)
             if data is None:
                 raise IntegrityError(f"{entry.name} changed in the cache right after it was verified",
                                      "another program is writing into the cache; give crds-job its own")
@@ -188,8 +186,8 @@ class _Warm:
 
     # ----- step 3 ---------------------------------------------------------------------------
 
-    async def survey(self, references: tuple[plan.Entry, ...]) -> tuple[list[plan.Entry], set[str]]:
-        """The references to fetch, and those among them whose cached copy has a wrong sha1."""
+    async def survey(self, references: tuple[plan.Entry, ...]) -> tuple[list[plan.Entry], dict[str, FileId]]:
+        """The references to fetch, and the identity of each cached copy found corrupt among them."""
         missing: list[plan.Entry] = []
         candidates: list[plan.Entry] = []
         for entry in references:
@@ -197,13 +195,13 @@ class _Warm:
                 candidates.append(entry)
             else:
                 missing.append(entry)
-        corrupt: set[str] = set()
+        corrupt: dict[str, FileId] = {}
         if self.settings.verify_existing and candidates:
             sums = await asyncio.gather(*(self.fetcher.in_thread(_sha1_of, self.cache.path(e)) for e in candidates))
-            for entry, digest in zip(candidates, sums, strict=True):
+            for entry, (digest, found) in zip(candidates, sums, strict=True):
                 if entry.sha1 and digest != entry.sha1:
                     self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
-                    corrupt.add(entry.name)
+                    corrupt[entry.name] = found
                     missing.append(entry)
         for entry in candidates:
             if entry.name not in corrupt:
@@ -287,12 +285,19 @@ def _synced_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _sha1_of(path: str) -> str:
+def _read(path: str) -> tuple[bytes, FileId]:
+    """A (small) file's bytes, and the identity of the very file they were read from."""
+    with open(path, "rb") as handle:
+        return handle.read(), file_id(os.fstat(handle.fileno()))
+
+
+def _sha1_of(path: str) -> tuple[str, FileId]:
+    """A file's sha1, and the identity of the very file it was computed from."""
     digest = hashlib.sha1()
     with open(path, "rb") as handle:
         while chunk := handle.read(4 * 2**20):
             digest.update(chunk)
-    return digest.hexdigest()
+        return digest.hexdigest(), file_id(os.fstat(handle.fileno()))
 
 
 async def warm(settings: Settings, log: Any) -> Outcome:
@@ -373,7 +378,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     cache.check_space(sum(entry.size for entry in to_fetch))
     reporter = asyncio.ensure_future(report_periodically(progress, log, settings.progress_interval))
     try:
-        await fetch_all(job.fetcher, cache, to_fetch, frozenset(corrupt))
+        await fetch_all(job.fetcher, cache, to_fetch, corrupt)
     finally:
         reporter.cancel()
     job.write_config(config)

@@ -54,6 +54,7 @@ class Record:
     path: str
     range: str | None
     fault: str | None
+    status: int  # as the client saw it: an injected error's, else the server's
 
 
 @dataclass
@@ -123,14 +124,14 @@ class FaultProxy:
         body = handler.rfile.read(length) if length else b""
         rule = self._choose(handler.command, handler.path)
 
-        def record(fault: str | None) -> None:
+        def record(fault: str | None, status: int) -> None:
             with self._lock:
                 self.records.append(Record(handler.command, urllib.parse.unquote(handler.path),
-                                           handler.headers.get("Range"), fault))
+                                           handler.headers.get("Range"), fault, status))
 
         if rule and rule.fault in ("503", "500", "403", "expired"):
-            record(rule.fault)
             status = 400 if rule.fault == "expired" else int(rule.fault)
+            record(rule.fault, status)
             code, message = S3_ERRORS[status]
             payload = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
                        f"<Message>{message}</Message><RequestId>fault</RequestId></Error>").encode()
@@ -152,7 +153,7 @@ class FaultProxy:
         fault = rule.fault if rule else None
         if fault and (handler.command != "GET" or status >= 300 or len(data) < 2):
             fault = None  # nothing to break in this answer
-        record(fault)
+        record(fault, status)
         handler.send_response(status)
         for name, value in headers:
             if name.lower() not in ("transfer-encoding", "connection", "content-length"):

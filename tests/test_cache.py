@@ -8,7 +8,7 @@ import os
 import pytest
 
 from crds_job import cache as cache_module
-from crds_job.cache import Cache, temp_path
+from crds_job.cache import Cache, file_id, temp_path
 from crds_job.errors import CacheError
 from crds_job.plan import Entry
 
@@ -103,3 +103,15 @@ def test_write_now_and_space_check(tmp_path):
     c.check_space(1)
     with pytest.raises(cache_module.DiskFullError, match="short by"):
         c.check_space(2**62)
+
+
+def test_holds_keeps_a_replacement_of_the_corrupt_copy_but_not_the_copy_itself(tmp_path):
+    c = Cache(str(tmp_path), "roman", "flat")
+    path = c.path(REF)
+    assert not c.holds(path, 3), "absent"
+    c.write_now(path, b"bad", fsync=False)
+    corrupt = file_id(os.lstat(path))
+    assert c.holds(path, 3) and not c.holds(path, 4)
+    assert not c.holds(path, 3, stale=corrupt), "the copy found corrupt is to be replaced"
+    c.write_now(path, b"abc", fsync=False)  # as another writer does: a verified file, renamed over it
+    assert c.holds(path, 3, stale=corrupt), "its replacement is kept"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 
+import structlog
 from conftest import Bucket, assert_cache_verified, cache_files, new_bucket
 
+from crds_job import remote
+from crds_job import settings as crds_settings
+from crds_job.cache import Cache, file_id
+from crds_job.fetch import Fetcher
+from crds_job.plan import Entry
+from crds_job.progress import Progress
 from crds_job.sample import context, server
 
 
@@ -244,3 +252,54 @@ def test_allow_fetch_lets_crds_fetch_a_miss_from_s3_itself(roman_bucket):
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
     assert all(os.path.getsize(path) == roman_bucket.sample.reference_sizes[os.path.basename(path)]
                for path in refs.values())
+
+
+def test_a_corrupt_cached_mapping_is_fetched_again(roman_bucket):
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    rmap = os.path.join(roman_bucket.cache, "mappings", "roman", "roman_wfi_mask_0001.rmap")
+    data = bytearray(open(rmap, "rb").read())
+    data[-2] ^= 0x01  # same size, another sha1
+    with open(rmap, "wb") as handle:
+        handle.write(data)
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == 0, run.stderr
+    assert [line["file"] for line in run.events("cached file is corrupt, fetching it again")] == [
+        "roman_wfi_mask_0001.rmap"]
+    assert run.event("warmed")["files_fetched"] == 1
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
+def test_a_corrupt_copy_another_writer_replaced_first_is_not_fetched_again(roman_bucket, monkeypatch):
+    """Two writers find one corrupt copy; the one that gets the lock second keeps the first one's fix."""
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    path = largest_reference(roman_bucket)
+    good = open(path, "rb").read()
+    with open(path, "r+b") as handle:
+        handle.write(bytes([good[0] ^ 0xFF]))
+    corrupt = file_id(os.lstat(path))
+    for key, value in roman_bucket.env().items():
+        monkeypatch.setenv(key, value)
+    settings = crds_settings.parse(["roman", "ops"], os.environ)
+    cache = Cache.open(settings.cache, "roman", None)
+    meta = roman_bucket.sample.metadata()[os.path.basename(path)]
+    entry = Entry(os.path.basename(path), "reference", int(meta["size"]), meta["sha1sum"], "wfi")
+
+    async def fetch(stale):
+        async with remote.Bucket(settings.location, settings.concurrency, settings.retries) as bucket:
+            progress = Progress()
+            fetcher = Fetcher(bucket, settings, progress, structlog.get_logger())
+            try:
+                return await fetcher.fetch_file(entry, cache, stale), progress
+            finally:
+                fetcher.close()
+
+    fixed = path + ".fixed"
+    with open(fixed, "wb") as handle:
+        handle.write(good)
+    os.rename(fixed, path)  # the other writer's verified copy
+    fetched, progress = asyncio.run(fetch(stale=corrupt))
+    assert not fetched and progress.bytes_transferred == 0, "nothing downloaded"
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+    fetched, progress = asyncio.run(fetch(stale=file_id(os.lstat(path))))
+    assert fetched and progress.bytes_transferred == entry.size, "the copy found corrupt is replaced"
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
