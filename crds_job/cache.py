@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import stat
@@ -46,6 +47,15 @@ FileId = tuple[int, int]
 
 def file_id(info: os.stat_result) -> FileId:
     return (info.st_dev, info.st_ino)
+
+
+def sha1_of(path: str) -> tuple[str, FileId]:
+    """A file's sha1, and the identity of the very file it was computed from."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(4 * 2**20):
+            digest.update(chunk)
+        return digest.hexdigest(), file_id(os.fstat(handle.fileno()))
 
 
 def temp_path(final: str) -> str:

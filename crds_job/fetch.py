@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .cache import Cache, FileId, disk_full
+from .cache import Cache, FileId, disk_full, sha1_of
 from .errors import CacheError, IntegrityError
 from .plan import Entry
 from .progress import Progress
@@ -241,11 +241,21 @@ class Fetcher:
         async with self._files:  # bounds open temp files, not only requests
             return await self._fetch_file(entry, cache, stale)
 
+    async def _fixed(self, path: str, entry: Entry) -> bool:
+        """Whether the file another writer put in place of a corrupt copy has the right sha1.
+
+        Checked, not assumed from its new identity: on filesystems whose inode
+        numbers are not stable (some FUSE mounts) the corrupt copy itself may
+        seem new. Only on this rare path, and under the lock, so nothing changes it meanwhile.
+        """
+        digest, _ = await self.in_thread(sha1_of, path)
+        return not entry.sha1 or digest == entry.sha1
+
     async def _fetch_file(self, entry: Entry, cache: Cache, stale: FileId | None) -> bool:
         final = cache.path(entry)
         claim = await cache.claim(final)
         try:
-            if cache.holds(final, entry.size, stale):
+            if cache.holds(final, entry.size, stale) and (stale is None or await self._fixed(final, entry)):
                 claim.release()  # another process finished it while we waited
                 self.progress.files_present += 1
                 self.progress.bytes_present += entry.size

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import bestrefs, datasets, launch, mapping, plan, server_config
-from .cache import MODE_FILE, Cache, FileId, file_id
+from .cache import MODE_FILE, Cache, FileId, file_id, sha1_of
 from .errors import BucketContentError, CacheError, DatasetError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
@@ -197,7 +197,7 @@ class _Warm:
                 missing.append(entry)
         corrupt: dict[str, FileId] = {}
         if self.settings.verify_existing and candidates:
-            sums = await asyncio.gather(*(self.fetcher.in_thread(_sha1_of, self.cache.path(e)) for e in candidates))
+            sums = await asyncio.gather(*(self.fetcher.in_thread(sha1_of, self.cache.path(e)) for e in candidates))
             for entry, (digest, found) in zip(candidates, sums, strict=True):
                 if entry.sha1 and digest != entry.sha1:
                     self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
@@ -289,15 +289,6 @@ def _read(path: str) -> tuple[bytes, FileId]:
     """A (small) file's bytes, and the identity of the very file they were read from."""
     with open(path, "rb") as handle:
         return handle.read(), file_id(os.fstat(handle.fileno()))
-
-
-def _sha1_of(path: str) -> tuple[str, FileId]:
-    """A file's sha1, and the identity of the very file it was computed from."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(4 * 2**20):
-            digest.update(chunk)
-        return digest.hexdigest(), file_id(os.fstat(handle.fileno()))
 
 
 async def warm(settings: Settings, log: Any) -> Outcome:

@@ -303,3 +303,8 @@ def test_a_corrupt_copy_another_writer_replaced_first_is_not_fetched_again(roman
     fetched, progress = asyncio.run(fetch(stale=file_id(os.lstat(path))))
     assert fetched and progress.bytes_transferred == entry.size, "the copy found corrupt is replaced"
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+    with open(path, "r+b") as handle:
+        handle.write(bytes([good[0] ^ 0xFF]))
+    fetched, _ = asyncio.run(fetch(stale=(0, 0)))  # as if inode numbers were not stable (some FUSE mounts)
+    assert fetched, "a copy that only seems new is checked, and replaced"
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
