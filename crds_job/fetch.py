@@ -284,10 +284,9 @@ class Fetcher:
 
 
 async def fetch_all(
-    fetcher: Fetcher, cache: Cache, entries: list[Entry], stale: Mapping[str, FileId] | None = None
+    fetcher: Fetcher, cache: Cache, entries: list[Entry], stale: Mapping[str, FileId]
 ) -> None:
     """Fetch every entry (``stale``: the corrupt cached copies, by name); the first failure cancels the rest."""
-    stale = stale or {}
     tasks = [asyncio.ensure_future(fetcher.fetch_file(entry, cache, stale.get(entry.name))) for entry in entries]
     try:
         await asyncio.gather(*tasks)
