@@ -18,6 +18,7 @@ def test_the_harness_runs_and_prints_its_tables(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = out.read_text()
     for row in ("| crds-job |", "| crds sync (baseline) |", "| raw aiobotocore", "| aws s3 cp --recursive |",
+                "| the limit: ", "Choosing the limit, in runs of its own", "median of 1 rounds",
                 "warm cache rerun", "--verify-existing rerun", "baseline / crds-job", "crds-job / limit",
                 "| one dataset (--datasets l1_img.asdf) |", "| whole context |",
                 "cost against file count"):
@@ -65,3 +66,29 @@ def test_the_server_and_the_contestants_get_cpus_of_their_own():
     assert os.sched_getaffinity(0) == ours, "the harness gets its CPUs back"
     with harness.s3_server("moto", None) as s3:
         assert os.sched_getaffinity(s3._process.pid) == ours
+
+
+def test_the_limit_is_the_candidate_with_the_lowest_median_in_runs_of_its_own(tmp_path):
+    harness = load_harness()
+    times = {"steady": iter([1.0, 1.0, 1.0]), "lucky once": iter([0.5, 2.0, 2.0])}
+    caches = []
+
+    class Workdir:
+        def fresh_cache(self):
+            caches.append(tmp_path / f"cache-{len(caches)}")
+            caches[-1].mkdir()
+            return str(caches[-1])
+
+    candidates = {name: (lambda cache, name=name: (next(times[name]), 0.0)) for name in times}
+    limit, timings = harness.choose_limit(candidates, 3, Workdir(), lambda text: None)
+    assert limit == "steady", "the lowest median wins, not the lowest single run"
+    assert timings["lucky once"].seconds == [0.5, 2.0, 2.0]
+    assert len(caches) == 6 and not any(cache.exists() for cache in caches), "each run on a fresh cache, removed"
+
+
+def test_rounds_pair_runs_in_order_and_take_turns_going_first():
+    harness = load_harness()
+    assert [harness.rotated(["a", "b", "c"], run) for run in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert harness.rotated([], 3) == []
+    assert harness.paired_ratios([2.0, 3.0, 1.0], [1.0, 2.0, 1.0]) == [1.0, 1.5, 2.0]
