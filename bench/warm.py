@@ -9,9 +9,9 @@ size mix) is seeded, then, in alternation and on a cold cache each time:
 1. crds-job warming the whole context;
 2. the baseline: the real crds client in its S3 plugin mode (``crds sync --contexts CTX
    --fetch-references`` with the crds_s3_set environment, crds_s3_get and awscli);
-3. the limit: the plainest concurrent download of the same objects with no checks, the faster
-   of raw aiobotocore GETs (8, 32 and 64 at once, each timed like the others) and ``aws s3 cp
-   --recursive``.
+3. the limit: the plainest concurrent download of the same objects with no checks, the fastest
+   of raw aiobotocore GETs (8, 32 and 64 at once) and ``aws s3 cp --recursive``, chosen in runs
+   of its own first, then run back to back with crds-job in every round.
 
 Also: a warm-cache rerun, a --verify-existing rerun, crds-job's peak RSS, crds-job at 1x,
 4x and 16x the file count, and a selective warm (one dataset's references) against the whole
