@@ -97,6 +97,8 @@ class Timing:
 
 #: Runs one contestant on a fresh cache: (wall seconds, its peak RSS in MB or 0 when not followed).
 Contestant = Callable[[str], tuple[float, float]]
+#: Where progress lines go (stderr).
+Log = Callable[[str], None]
 
 
 def _peak_rss(pid: int, command: list[str], done: threading.Event, found: list[float]) -> None:
@@ -246,6 +248,16 @@ def rotated(names: list[str], run: int) -> list[str]:
     return names[shift:] + names[:shift]
 
 
+def run_once(bench: Bench, name: str, contestant: Contestant, timing: Timing, log: Log, label: str = "") -> None:
+    """One run of ``contestant`` on a fresh cache, removed afterwards; its figures go to ``timing``."""
+    cache = bench.fresh_cache()
+    seconds, rss = contestant(cache)
+    shutil.rmtree(cache)
+    timing.seconds.append(seconds)
+    timing.rss_mb.append(rss)
+    log(f"  {label}{name}: {seconds:.2f} s")
+
+
 def limit_candidates(bench: Bench) -> dict[str, Contestant]:
     """The plainest downloads with no checks; the fastest of them here is the limit."""
     return {**{f"raw aiobotocore, {n} at once": functools.partial(bench.limit_aiobotocore, concurrency=n)
@@ -253,79 +265,92 @@ def limit_candidates(bench: Bench) -> dict[str, Contestant]:
             "aws s3 cp --recursive": bench.limit_awscli}
 
 
-def choose_limit(candidates: dict[str, Contestant], runs: int, bench: Bench, log) -> tuple[str, dict[str, Timing]]:
+def choose_limit(candidates: dict[str, Contestant], runs: int, bench: Bench, log: Log) -> tuple[str, dict[str, Timing]]:
     """The fastest candidate (lowest median), from runs of their own.
 
     Not from the runs it is then compared in: the least of several medians, each a noisy
     estimate, is biased low by being chosen (the winner's curse), and crds-job / limit
-    biased high with it, by more than the 5-10 % that separate the candidates here.
+    biased high with it, by about as much as separates the candidates here.
     """
     timings = {name: Timing() for name in candidates}
     for run in range(runs):
         for name in rotated(list(candidates), run):
-            cache = bench.fresh_cache()
-            timings[name].seconds.append(candidates[name](cache)[0])
-            shutil.rmtree(cache)
-            log(f"  choosing the limit: {name}: {timings[name].seconds[-1]:.2f} s")
+            run_once(bench, name, candidates[name], timings[name], log, "choosing the limit: ")
     return min(timings, key=lambda name: statistics.median(timings[name].seconds)), timings
 
 
+@dataclass
+class MixResult:
+    """One mix's figures: every contestant's runs, and which of them are the limit and its rivals."""
+
+    mix: Mix
+    files: int
+    bytes: int
+    largest: int
+    timings: dict[str, Timing]
+    limit: str  # the key in ``timings`` of the limit chosen beforehand
+    rivals: list[str]  # the keys in ``timings`` of the other candidates, run in the same rounds
+    limit_choice: dict[str, Timing]
+
+
 def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, limit_runs: int, workdir: str,
-                log) -> dict[str, object]:
+                log: Log) -> MixResult:
     sample = sample_for(mix)
     seed(s3, sample)
     bench = Bench(s3, sample, workdir)
-    files = len(bench.objects)
-    log(f"{mix.name}: {files} files, {bench.bytes / MB:.1f} MB")
+    log(f"{mix.name}: {len(bench.objects)} files, {bench.bytes / MB:.1f} MB")
     bench.warm_up()
     candidates = limit_candidates(bench)
-    limit, limit_choice = choose_limit(candidates, limit_runs, bench, log)
-    log(f"  the limit: {limit}")
+    chosen, limit_choice = choose_limit(candidates, limit_runs, bench, log)
+    limit = f"the limit: {chosen}"
+    log(f"  {limit}")
     # crds-job and the limit run back to back in every round, in turn first: the host's speed
     # drifts over seconds here, and each round's ratio of the two is taken before that drift.
-    pair: dict[str, Contestant] = {"crds-job": lambda cache: bench.crds_job(cache),
-                                   f"the limit: {limit}": candidates[limit]}
+    pair: dict[str, Contestant] = {"crds-job": lambda cache: bench.crds_job(cache), limit: candidates[chosen]}
     others: dict[str, Contestant] = {"crds-job --no-fsync": lambda cache: bench.crds_job(cache, "--no-fsync")}
     if mix.high > PART_SIZE:  # does splitting large files into concurrent ranged GETs pay?
         others["crds-job, one GET per file (--part-size 1GiB --memory-budget 1GiB)"] = \
             lambda cache: bench.crds_job(cache, "--part-size", "1GiB", "--memory-budget", "1GiB")
+    # The other candidates too: crds-job against each, a check on the choice (see ``table``).
+    rivals = {name: candidates[name] for name in candidates if name != chosen}
+    others |= rivals
     others["crds sync (baseline)"] = bench.baseline
     contestants = pair | others
     timings = {name: Timing() for name in contestants}
     for run in range(runs):
         for name in rotated(list(pair), run) + rotated(list(others), run):
-            if name.startswith("crds sync") and run >= baseline_runs:
-                continue
-            cache = bench.fresh_cache()
-            seconds, rss = contestants[name](cache)
-            timings[name].seconds.append(seconds)
-            timings[name].rss_mb.append(rss)
-            shutil.rmtree(cache)
-            log(f"  {name}: {seconds:.2f} s")
+            if not (name.startswith("crds sync") and run >= baseline_runs):
+                run_once(bench, name, contestants[name], timings[name], log)
     warm_cache = bench.fresh_cache()
     bench.crds_job(warm_cache)
-    rerun = Timing()
-    verify = Timing()
-    for _ in range(runs):
-        seconds, rss = bench.crds_job(warm_cache)
-        rerun.seconds.append(seconds)
-        rerun.rss_mb.append(rss)
-        seconds, rss = bench.crds_job(warm_cache, "--verify-existing")
-        verify.seconds.append(seconds)
-        verify.rss_mb.append(rss)
+    reruns = {"crds-job, warm cache rerun": (), "crds-job --verify-existing rerun": ("--verify-existing",)}
+    for name, args in reruns.items():
+        timings[name] = Timing()
+        for _ in range(runs):
+            seconds, rss = bench.crds_job(warm_cache, *args)
+            timings[name].seconds.append(seconds)
+            timings[name].rss_mb.append(rss)
     shutil.rmtree(warm_cache)
-    timings["crds-job, warm cache rerun"] = rerun
-    timings["crds-job --verify-existing rerun"] = verify
-    return {"mix": mix, "files": files, "bytes": bench.bytes, "timings": timings, "limit": f"the limit: {limit}",
-            "limit_choice": limit_choice, "largest": max(int(bench.meta[n]["size"]) for n in bench.objects)}
+    return MixResult(mix=mix, files=len(bench.objects), bytes=bench.bytes, timings=timings, limit=limit,
+                     rivals=list(rivals), limit_choice=limit_choice,
+                     largest=max(int(bench.meta[n]["size"]) for n in bench.objects))
 
 
 def paired_ratios(ours: list[float], theirs: list[float]) -> list[float]:
-    """Each round's crds-job time over the limit's in the same round, sorted."""
+    """Each round's crds-job time over the other's in the same round, sorted."""
     return sorted(a / b for a, b in zip(ours, theirs, strict=True))
 
 
+def spread(ratios: list[float]) -> str:
+    """How far the rounds' ratios spread: quartiles once there are enough rounds for them to mean anything."""
+    if len(ratios) < 4:
+        return f"{len(ratios)} round(s), {ratios[0]:.2f}-{ratios[-1]:.2f}"
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return f"{len(ratios)} rounds, quartiles {low:.2f}-{high:.2f}, all {ratios[0]:.2f}-{ratios[-1]:.2f}"
+
+
 def timing_rows(timings: dict[str, Timing], files: int, size: int) -> list[str]:
+    """A markdown table: each contestant's seconds (median, min, max), rates and peak RSS."""
     rows = ["| contestant | runs | median s | min s | max s | MB/s | files/s | peak RSS MB (own process) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, timing in timings.items():
@@ -340,28 +365,32 @@ def timing_rows(timings: dict[str, Timing], files: int, size: int) -> list[str]:
     return rows
 
 
-def table(result: dict[str, object]) -> list[str]:
-    timings: dict[str, Timing] = result["timings"]  # type: ignore[assignment]
-    files, size = result["files"], result["bytes"]
+def table(result: MixResult) -> list[str]:
+    timings = result.timings
     ours = timings["crds-job"].seconds
-    limit = timings[result["limit"]].seconds  # type: ignore[index]
+    limit = timings[result.limit].seconds
     baseline = timings["crds sync (baseline)"].seconds
     ratios = paired_ratios(ours, limit)
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    rows = timing_rows(timings, files, size)  # type: ignore[arg-type]
+    # Against the candidate that happens to be fastest in these same rounds, the ratio is biased
+    # high (the winner's curse again, the other way): the truth lies between the two figures.
+    against = {name: statistics.median(paired_ratios(ours, timings[name].seconds)) for name in result.rivals}
+    rows = timing_rows(timings, result.files, result.bytes)
     rows.append("")
     rows.append(f"baseline / crds-job = **{statistics.median(baseline) / statistics.median(ours):.1f}×**; "
-                f"crds-job / limit = **{statistics.median(ratios):.2f}×** (median of {len(ratios)} rounds, "
-                f"quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}, all {ratios[0]:.2f}-{ratios[-1]:.2f}; "
-                f"ratio of the medians {statistics.median(ours) / statistics.median(limit):.2f}×); "
+                f"crds-job / limit = **{statistics.median(ratios):.2f}×** (median of the rounds' ratios: "
+                f"{spread(ratios)}; ratio of the medians {statistics.median(ours) / statistics.median(limit):.2f}×); "
                 f"crds-job peak RSS {max(timings['crds-job'].rss_mb):.0f} MB with a largest file of "
-                f"{result['largest'] / MB:.0f} MB.")
+                f"{result.largest / MB:.0f} MB.")
+    rows.append("")
+    rows.append("crds-job against each other candidate in the same rounds (median of the rounds' ratios; the "
+                "largest is biased high, being against whichever was fastest here): "
+                + "; ".join(f"{name} {ratio:.2f}×" for name, ratio in against.items()) + ".")
     rows += ["", "Choosing the limit, in runs of its own:", ""]
-    rows += timing_rows(result["limit_choice"], files, size)  # type: ignore[arg-type]
+    rows += timing_rows(result.limit_choice, result.files, result.bytes)
     return rows
 
 
-def linearity(s3: server.LocalS3, mix: Mix, factors: list[int], workdir: str, log) -> list[str]:
+def linearity(s3: server.LocalS3, mix: Mix, factors: list[int], workdir: str, log: Log) -> list[str]:
     rows = ["| files | MB | crds-job s (median of 3) | s per 1000 files | s per GB |",
             "| --- | --- | --- | --- | --- |"]
     for factor in factors:
@@ -382,7 +411,7 @@ def linearity(s3: server.LocalS3, mix: Mix, factors: list[int], workdir: str, lo
     return rows
 
 
-def selective(s3: server.LocalS3, mix: Mix, workdir: str, runs: int, log) -> list[str]:
+def selective(s3: server.LocalS3, mix: Mix, workdir: str, runs: int, log: Log) -> list[str]:
     """One exposure's references (``--datasets``) against the whole context, same bucket, cold caches."""
     sample = sample_for(mix)
     seed(s3, sample)
@@ -450,6 +479,14 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}")
 
 
+def positive(text: str) -> int:
+    """An argparse type: a count of at least one."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a count of at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=("seaweedfs", "moto"), default="seaweedfs")
@@ -457,9 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=120, help="references of the small-file mix")
     parser.add_argument("--large-files", type=int, default=6, help="references of the large-file mix")
     parser.add_argument("--size-scale", type=float, default=0.5, help="multiplies the large mix's 50-500 MB")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--baseline-runs", type=int, default=3, help="runs of crds sync (slow) among --runs")
-    parser.add_argument("--limit-runs", type=int, default=3,
+    parser.add_argument("--runs", type=positive, default=4, help="rounds (even: crds-job and the limit go first "
+                        "equally often)")
+    parser.add_argument("--baseline-runs", type=positive, default=3, help="runs of crds sync (slow) among --runs")
+    parser.add_argument("--limit-runs", type=positive, default=3,
                         help="runs of each limit candidate, before the others, to choose the fastest")
     parser.add_argument("--linear", default="1,4,16", help="file-count factors for the linearity table ('' to skip)")
     parser.add_argument("--no-selective", dest="selective", action="store_false",
@@ -492,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="crds-job-bench-") as workdir, s3_server(args.server, split) as s3:
         for mix in mixes:
             result = measure_mix(s3, mix, args.runs, args.baseline_runs, args.limit_runs, workdir, log)
-            report += [f"## {mix.name}: {result['files']} files, {result['bytes'] / MB:.1f} MB", ""]
+            report += [f"## {mix.name}: {result.files} files, {result.bytes / MB:.1f} MB", ""]
             report += table(result) + [""]
         if args.selective and mixes:
             report += [f"## Selective warm for one dataset against the whole context ({mixes[0].name})", ""]

@@ -18,7 +18,8 @@ def test_the_harness_runs_and_prints_its_tables(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = out.read_text()
     for row in ("| crds-job |", "| crds sync (baseline) |", "| raw aiobotocore", "| aws s3 cp --recursive |",
-                "| the limit: ", "Choosing the limit, in runs of its own", "median of 1 rounds",
+                "| the limit: ", "Choosing the limit, in runs of its own", "1 round(s)",
+                "crds-job against each other candidate in the same rounds",
                 "warm cache rerun", "--verify-existing rerun", "baseline / crds-job", "crds-job / limit",
                 "| one dataset (--datasets l1_img.asdf) |", "| whole context |",
                 "cost against file count"):
@@ -73,14 +74,14 @@ def test_the_limit_is_the_candidate_with_the_lowest_median_in_runs_of_its_own(tm
     times = {"steady": iter([1.0, 1.0, 1.0]), "lucky once": iter([0.5, 2.0, 2.0])}
     caches = []
 
-    class Workdir:
+    class FakeBench:
         def fresh_cache(self):
             caches.append(tmp_path / f"cache-{len(caches)}")
             caches[-1].mkdir()
             return str(caches[-1])
 
     candidates = {name: (lambda cache, name=name: (next(times[name]), 0.0)) for name in times}
-    limit, timings = harness.choose_limit(candidates, 3, Workdir(), lambda text: None)
+    limit, timings = harness.choose_limit(candidates, 3, FakeBench(), lambda text: None)
     assert limit == "steady", "the lowest median wins, not the lowest single run"
     assert timings["lucky once"].seconds == [0.5, 2.0, 2.0]
     assert len(caches) == 6 and not any(cache.exists() for cache in caches), "each run on a fresh cache, removed"
@@ -91,4 +92,18 @@ def test_rounds_pair_runs_in_order_and_take_turns_going_first():
     assert [harness.rotated(["a", "b", "c"], run) for run in range(4)] == [
         ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert harness.rotated([], 3) == []
-    assert harness.paired_ratios([2.0, 3.0, 1.0], [1.0, 2.0, 1.0]) == [1.0, 1.5, 2.0]
+    assert harness.paired_ratios([1.0, 2.0], [2.0, 1.0]) == [0.5, 2.0], "paired by round, not by rank"
+
+
+def test_the_spread_of_the_ratios_gives_quartiles_only_within_the_data():
+    harness = load_harness()
+    assert harness.spread([1.2]) == "1 round(s), 1.20-1.20"
+    assert harness.spread([1.0, 1.1, 1.3]) == "3 round(s), 1.00-1.30"
+    assert harness.spread([1.0, 1.1, 1.2, 1.3, 1.4]) == "5 rounds, quartiles 1.10-1.30, all 1.00-1.40"
+
+
+def test_counts_of_runs_must_be_at_least_one():
+    harness = load_harness()
+    assert harness.positive("2") == 2
+    with pytest.raises(SystemExit):
+        harness.main(["--runs", "0"])
