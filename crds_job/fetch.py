@@ -248,8 +248,10 @@ class Fetcher:
         numbers are not stable (some FUSE mounts) the corrupt copy itself may
         seem new. Only on this rare path, and under the lock, so nothing changes it meanwhile.
         """
+        if not entry.sha1:  # nothing to check it against: its size was checked already
+            return True
         digest, _ = await self.in_thread(sha1_of, path)
-        return not entry.sha1 or digest == entry.sha1
+        return digest == entry.sha1
 
     async def _fetch_file(self, entry: Entry, cache: Cache, stale: FileId | None) -> bool:
         final = cache.path(entry)
