@@ -94,6 +94,10 @@ class Timing:
     seconds: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
 
+    def add(self, seconds: float, rss_mb: float) -> None:
+        self.seconds.append(seconds)
+        self.rss_mb.append(rss_mb)
+
 
 #: Runs one contestant on a fresh cache: (wall seconds, its peak RSS in MB or 0 when not followed).
 Contestant = Callable[[str], tuple[float, float]]
@@ -253,8 +257,7 @@ def run_once(bench: Bench, name: str, contestant: Contestant, timing: Timing, lo
     cache = bench.fresh_cache()
     seconds, rss = contestant(cache)
     shutil.rmtree(cache)
-    timing.seconds.append(seconds)
-    timing.rss_mb.append(rss)
+    timing.add(seconds, rss)
     log(f"  {label}{name}: {seconds:.2f} s")
 
 
@@ -327,9 +330,7 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, lim
     for name, args in reruns.items():
         timings[name] = Timing()
         for _ in range(runs):
-            seconds, rss = bench.crds_job(warm_cache, *args)
-            timings[name].seconds.append(seconds)
-            timings[name].rss_mb.append(rss)
+            timings[name].add(*bench.crds_job(warm_cache, *args))
     shutil.rmtree(warm_cache)
     return MixResult(mix=mix, files=len(bench.objects), bytes=bench.bytes, timings=timings, limit=limit,
                      rivals=list(rivals), limit_choice=limit_choice,
@@ -398,12 +399,10 @@ def linearity(s3: server.LocalS3, mix: Mix, factors: list[int], workdir: str, lo
         sample = sample_for(scaled)
         seed(s3, sample)
         bench = Bench(s3, sample, workdir)
-        seconds = []
+        timing = Timing()
         for _ in range(3):
-            cache = bench.fresh_cache()
-            seconds.append(bench.crds_job(cache)[0])
-            shutil.rmtree(cache)
-        median = statistics.median(seconds)
+            run_once(bench, f"x{factor} crds-job", bench.crds_job, timing, log)
+        median = statistics.median(timing.seconds)
         files = len(bench.objects)
         log(f"  x{factor}: {files} files {median:.2f} s")
         rows.append(f"| {files} | {bench.bytes / MB:.0f} | {median:.2f} | {median / files * 1000:.2f} | "
