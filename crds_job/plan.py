@@ -29,6 +29,13 @@ class Entry:
     sha1: str
     instrument: str = ""  # of a reference: from the rmap that names it
 
+    def has_sha1(self, digest: str) -> bool:
+        """Whether ``digest`` is this file's sha1.
+
+        Any digest is when the bucket publishes none: the size is then all there is to check.
+        """
+        return not self.sha1 or digest == self.sha1
+
     @property
     def area(self) -> str:
         """The folder of the bucket and of the cache it lives in."""

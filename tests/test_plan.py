@@ -34,6 +34,13 @@ def test_whole_context():
     assert geis.instrument == "wfpc2", "a GEIS data partner goes where its header goes"
 
 
+def test_a_digest_is_checked_against_the_published_sha1_when_there_is_one():
+    published = plan.Entry("a_bia.fits", "reference", 10, "ab" * 20)
+    assert published.has_sha1("ab" * 20)
+    assert not published.has_sha1("cd" * 20)
+    assert plan.Entry("a_bia.fits", "reference", 10, "").has_sha1("cd" * 20), "no sha1 published: size only"
+
+
 def test_instruments_narrow_references_not_mappings():
     p = plan.build("hst_0001.pmap", MAPPINGS, METADATA, instruments=["acs"])
     assert len(p.mappings) == len(MAPPINGS)
