@@ -20,6 +20,7 @@ def test_the_harness_runs_and_prints_its_tables(tmp_path):
     for row in ("| crds-job |", "| crds sync (baseline) |", "| raw aiobotocore", "| aws s3 cp --recursive |",
                 "| the limit: ", "Choosing the limit, in runs of its own", "1 round(s)",
                 "crds-job against each other candidate in the same rounds",
+                "Like for like", "crds-job --no-fsync / limit", ", then sync |",
                 "warm cache rerun", "--verify-existing rerun", "baseline / crds-job", "crds-job / limit",
                 "| one dataset (--datasets l1_img.asdf) |", "| whole context |",
                 "cost against file count"):
@@ -93,6 +94,21 @@ def test_rounds_pair_runs_in_order_and_take_turns_going_first():
         ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert harness.rotated([], 3) == []
     assert harness.paired_ratios([1.0, 2.0], [2.0, 1.0]) == [0.5, 2.0], "paired by round, not by rank"
+
+
+def test_the_durable_limit_is_timed_until_its_bytes_are_flushed(monkeypatch):
+    harness = load_harness()
+    calls = []
+    clock = iter([10.0, 10.5])  # perf_counter before and after the sync
+    monkeypatch.setattr(harness.os, "sync", lambda: calls.append("sync"))
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: next(clock))
+
+    def contestant(cache):
+        calls.append(cache)
+        return 2.0, 7.0
+
+    assert harness.durable(contestant)("cache-1") == (2.5, 7.0)
+    assert calls == ["cache-1", "sync"], "the flush follows the download, once"
 
 
 def test_the_spread_of_the_ratios_gives_quartiles_only_within_the_data():
