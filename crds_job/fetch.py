@@ -189,7 +189,7 @@ class Fetcher:
     def _check(entry: Entry, size: int, sha1: str) -> None:
         if size != entry.size:
             raise Mismatch(f"{entry.name} arrived with {size} bytes, the bucket publishes {entry.size}")
-        if not entry.has_sha1(sha1):
+        if not entry.accepts_sha1(sha1):
             raise Mismatch(f"{entry.name} arrived with sha1 {sha1}, the bucket publishes {entry.sha1}")
 
     # ----- retries ----------------------------------------------------------------------------
@@ -251,7 +251,7 @@ class Fetcher:
         if not entry.sha1:  # nothing to check it against: its size was checked already
             return True
         digest, _ = await self.in_thread(sha1_of, path)
-        return entry.has_sha1(digest)
+        return entry.accepts_sha1(digest)
 
     async def _fetch_file(self, entry: Entry, cache: Cache, stale: FileId | None) -> bool:
         final = cache.path(entry)

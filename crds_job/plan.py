@@ -29,10 +29,10 @@ class Entry:
     sha1: str
     instrument: str = ""  # of a reference: from the rmap that names it
 
-    def has_sha1(self, digest: str) -> bool:
-        """Whether ``digest`` is this file's sha1.
+    def accepts_sha1(self, digest: str) -> bool:
+        """Whether a file whose sha1 is ``digest`` may be this one.
 
-        Any digest is when the bucket publishes none: the size is then all there is to check.
+        Any may when the bucket publishes no sha1: the size is then all there is to check.
         """
         return not self.sha1 or digest == self.sha1
 

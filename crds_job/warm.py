@@ -135,7 +135,7 @@ class _Warm:
         if self.cache.present_size(path) != entry.size:
             return None, None
         data, found = await self.fetcher.in_thread(_read, path)
-        if len(data) != entry.size or not entry.has_sha1(hashlib.sha1(data).hexdigest()):
+        if len(data) != entry.size or not entry.accepts_sha1(hashlib.sha1(data).hexdigest()):
             self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
             return None, found
         return data, None
@@ -199,7 +199,7 @@ class _Warm:
         if self.settings.verify_existing and candidates:
             sums = await asyncio.gather(*(self.fetcher.in_thread(sha1_of, self.cache.path(e)) for e in candidates))
             for entry, (digest, found) in zip(candidates, sums, strict=True):
-                if not entry.has_sha1(digest):
+                if not entry.accepts_sha1(digest):
                     self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
                     corrupt[entry.name] = found
                     missing.append(entry)
