@@ -13,7 +13,7 @@ size mix) is seeded, then, in alternation and on a cold cache each time:
    of raw aiobotocore GETs (8, 32 and 64 at once) and ``aws s3 cp --recursive``, chosen in runs
    of its own first, then run back to back with crds-job in every round; with them, each made
    like the other (crds-job --no-fsync, which does not wait for the disk either, and the limit
-   followed by a sync, which does).
+   followed by a sync, which does), each pair compared back to back.
 
 Also: a warm-cache rerun, a --verify-existing rerun, crds-job's peak RSS, crds-job at 1x,
 4x and 16x the file count, and a selective warm (one dataset's references) against the whole
@@ -58,6 +58,7 @@ BUCKET = "crds-bench"
 PREFIX = "/roman/crds"
 MB = 1e6
 PART_SIZE = settings.OPTION_BY_NAME["part_size"].default
+NO_FSYNC = "crds-job --no-fsync"
 LIMIT_CONCURRENCY = (8, 32, 64)
 
 
@@ -263,6 +264,15 @@ def run_once(bench: Bench, name: str, contestant: Contestant, timing: Timing, lo
     log(f"  {label}{name}: {seconds:.2f} s")
 
 
+def alternated(names: list[str], run: int) -> list[str]:
+    """``names`` in the order of round ``run``: forwards in even rounds, backwards in odd ones.
+
+    Neighbours then always run back to back, each first in every other round. (A rotation
+    would put one of each pair of neighbours first in all but one of every ``len(names)`` rounds.)
+    """
+    return names[::-1] if run % 2 else names
+
+
 def limit_candidates(bench: Bench) -> dict[str, Contestant]:
     """The plainest downloads with no checks; the fastest of them here is the limit."""
     return {**{f"raw aiobotocore, {n} at once": functools.partial(bench.limit_aiobotocore, concurrency=n)
@@ -312,7 +322,7 @@ class MixResult:
     largest: int
     timings: dict[str, Timing]
     limit: str  # the key in ``timings`` of the limit chosen beforehand
-    durable: str  # the key of that limit made to wait for the disk (see ``durable``)
+    durable_limit: str  # the key of that limit made to wait for the disk (see ``durable``)
     rivals: list[str]  # the keys in ``timings`` of the other candidates, run in the same rounds
     limit_choice: dict[str, Timing]
 
@@ -328,13 +338,15 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, lim
     chosen, limit_choice = choose_limit(candidates, limit_runs, bench, log)
     limit = f"the limit: {chosen}"
     log(f"  {limit}")
-    # crds-job and the limit run back to back in every round, in turn first: the host's speed
-    # drifts over seconds here, and each round's ratio of the two is taken before that drift.
-    # With them, each made like the other: neither waiting for the disk, or both.
-    made_durable = f"{limit}, then sync"
-    pair: dict[str, Contestant] = {"crds-job": lambda cache: bench.crds_job(cache), limit: candidates[chosen],
-                                   "crds-job --no-fsync": lambda cache: bench.crds_job(cache, "--no-fsync"),
-                                   made_durable: durable(candidates[chosen])}
+    # The runs compared run back to back, each first in every other round: the host's speed
+    # drifts over seconds here, and each round's ratio is taken before that drift. crds-job is
+    # compared with the limit, and each made like the other: neither waiting for the disk
+    # (crds-job --no-fsync against the limit), or both (crds-job against the limit, then sync).
+    durable_limit = f"{limit}, then sync"
+    compared: dict[str, Contestant] = {NO_FSYNC: lambda cache: bench.crds_job(cache, "--no-fsync"),
+                                       limit: candidates[chosen],
+                                       "crds-job": lambda cache: bench.crds_job(cache),
+                                       durable_limit: durable(candidates[chosen])}
     others: dict[str, Contestant] = {}
     if mix.high > PART_SIZE:  # does splitting large files into concurrent ranged GETs pay?
         others["crds-job, one GET per file (--part-size 1GiB --memory-budget 1GiB)"] = \
@@ -343,10 +355,10 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, lim
     rivals = {name: candidates[name] for name in candidates if name != chosen}
     others |= rivals
     others["crds sync (baseline)"] = bench.baseline
-    contestants = pair | others
+    contestants = compared | others
     timings = {name: Timing() for name in contestants}
     for run in range(runs):
-        for name in rotated(list(pair), run) + rotated(list(others), run):
+        for name in alternated(list(compared), run) + rotated(list(others), run):
             if not (name.startswith("crds sync") and run >= baseline_runs):
                 run_once(bench, name, contestants[name], timings[name], log)
     warm_cache = bench.fresh_cache()
@@ -358,7 +370,7 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, lim
             timings[name].add(*bench.crds_job(warm_cache, *args))
     shutil.rmtree(warm_cache)
     return MixResult(mix=mix, files=len(bench.objects), bytes=bench.bytes, timings=timings, limit=limit,
-                     durable=made_durable, rivals=list(rivals), limit_choice=limit_choice,
+                     durable_limit=durable_limit, rivals=list(rivals), limit_choice=limit_choice,
                      largest=max(int(bench.meta[n]["size"]) for n in bench.objects))
 
 
@@ -413,10 +425,10 @@ def table(result: MixResult) -> list[str]:
                 f"crds-job peak RSS {max(timings['crds-job'].rss_mb):.0f} MB with a largest file of "
                 f"{result.largest / MB:.0f} MB.")
     rows.append("")
-    rows.append("Like for like (crds-job's bytes are on the disk when its clock stops, the limit's in memory): "
-                f"neither waiting for the disk, crds-job --no-fsync / limit = "
-                f"{ratio_text(timings['crds-job --no-fsync'].seconds, limit)}; both waiting for it, "
-                f"crds-job / ({result.durable}) = {ratio_text(ours, timings[result.durable].seconds)}.")
+    rows.append("Like for like (crds-job's clock stops once its files' bytes are on the disk, the limit's while "
+                f"they are in memory): neither waiting for the disk, {NO_FSYNC} / limit = "
+                f"{ratio_text(timings[NO_FSYNC].seconds, limit)}; both waiting for it, crds-job / "
+                f"({result.durable_limit}) = {ratio_text(ours, timings[result.durable_limit].seconds)}.")
     rows.append("")
     rows.append("crds-job against each other candidate in the same rounds (median of the rounds' ratios; the "
                 "largest is biased high, being against whichever was fastest here): "
@@ -528,8 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=120, help="references of the small-file mix")
     parser.add_argument("--large-files", type=int, default=6, help="references of the large-file mix")
     parser.add_argument("--size-scale", type=float, default=0.5, help="multiplies the large mix's 50-500 MB")
-    parser.add_argument("--runs", type=positive, default=4, help="rounds (a multiple of 4: crds-job, the limit and "
-                        "their like-for-like variants each go first equally often)")
+    parser.add_argument("--runs", type=positive, default=4, help="rounds (even: of each pair of runs compared, each "
+                        "goes first equally often)")
     parser.add_argument("--baseline-runs", type=positive, default=3, help="runs of crds sync (slow) among --runs")
     parser.add_argument("--limit-runs", type=positive, default=3,
                         help="runs of each limit candidate, before the others, to choose the fastest")

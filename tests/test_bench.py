@@ -93,6 +93,7 @@ def test_rounds_pair_runs_in_order_and_take_turns_going_first():
     assert [harness.rotated(["a", "b", "c"], run) for run in range(4)] == [
         ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert harness.rotated([], 3) == []
+    assert [harness.alternated(["a", "b", "c"], run) for run in range(2)] == [["a", "b", "c"], ["c", "b", "a"]]
     assert harness.paired_ratios([1.0, 2.0], [2.0, 1.0]) == [0.5, 2.0], "paired by round, not by rank"
 
 
@@ -109,6 +110,13 @@ def test_the_durable_limit_is_timed_until_its_bytes_are_flushed(monkeypatch):
 
     assert harness.durable(contestant)("cache-1") == (2.5, 7.0)
     assert calls == ["cache-1", "sync"], "the flush follows the download, once"
+
+
+def test_a_ratio_is_the_median_of_the_rounds_ratios_with_the_ratio_of_the_medians_beside_it():
+    harness = load_harness()
+    text = harness.ratio_text([2.0, 3.0, 4.0, 9.0], [1.0, 2.0, 2.0, 3.0])  # rounds' ratios 2, 1.5, 2, 3
+    assert text.startswith("**2.00×**"), text
+    assert "ratio of the medians 1.75×" in text, text
 
 
 def test_the_spread_of_the_ratios_gives_quartiles_only_within_the_data():
