@@ -298,6 +298,11 @@ def durable(contestant: Contestant) -> Contestant:
     return run
 
 
+def durable_name(name: str) -> str:
+    """The name of contestant ``name`` made to wait for the disk (see ``durable``)."""
+    return f"{name}, then sync"
+
+
 def choose_limit(candidates: dict[str, Contestant], runs: int, bench: Bench, log: Log) -> tuple[str, dict[str, Timing]]:
     """The fastest candidate (lowest median), from runs of their own.
 
@@ -322,7 +327,6 @@ class MixResult:
     largest: int
     timings: dict[str, Timing]
     limit: str  # the key in ``timings`` of the limit chosen beforehand
-    durable_limit: str  # the key of that limit made to wait for the disk (see ``durable``)
     rivals: list[str]  # the keys in ``timings`` of the other candidates, run in the same rounds
     limit_choice: dict[str, Timing]
 
@@ -342,11 +346,10 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, lim
     # drifts over seconds here, and each round's ratio is taken before that drift. crds-job is
     # compared with the limit, and each made like the other: neither waiting for the disk
     # (crds-job --no-fsync against the limit), or both (crds-job against the limit, then sync).
-    durable_limit = f"{limit}, then sync"
     compared: dict[str, Contestant] = {NO_FSYNC: lambda cache: bench.crds_job(cache, "--no-fsync"),
                                        limit: candidates[chosen],
                                        "crds-job": lambda cache: bench.crds_job(cache),
-                                       durable_limit: durable(candidates[chosen])}
+                                       durable_name(limit): durable(candidates[chosen])}
     others: dict[str, Contestant] = {}
     if mix.high > PART_SIZE:  # does splitting large files into concurrent ranged GETs pay?
         others["crds-job, one GET per file (--part-size 1GiB --memory-budget 1GiB)"] = \
@@ -370,7 +373,7 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, lim
             timings[name].add(*bench.crds_job(warm_cache, *args))
     shutil.rmtree(warm_cache)
     return MixResult(mix=mix, files=len(bench.objects), bytes=bench.bytes, timings=timings, limit=limit,
-                     durable_limit=durable_limit, rivals=list(rivals), limit_choice=limit_choice,
+                     rivals=list(rivals), limit_choice=limit_choice,
                      largest=max(int(bench.meta[n]["size"]) for n in bench.objects))
 
 
@@ -415,6 +418,7 @@ def table(result: MixResult) -> list[str]:
     ours = timings["crds-job"].seconds
     limit = timings[result.limit].seconds
     baseline = timings["crds sync (baseline)"].seconds
+    durable_limit = durable_name(result.limit)
     # Against the candidate that happens to be fastest in these same rounds, the ratio is biased
     # high (the winner's curse again, the other way): the truth lies between the two figures.
     against = {name: statistics.median(paired_ratios(ours, timings[name].seconds)) for name in result.rivals}
@@ -428,7 +432,7 @@ def table(result: MixResult) -> list[str]:
     rows.append("Like for like (crds-job's clock stops once its files' bytes are on the disk, the limit's while "
                 f"they are in memory): neither waiting for the disk, {NO_FSYNC} / limit = "
                 f"{ratio_text(timings[NO_FSYNC].seconds, limit)}; both waiting for it, crds-job / "
-                f"({result.durable_limit}) = {ratio_text(ours, timings[result.durable_limit].seconds)}.")
+                f"({durable_limit}) = {ratio_text(ours, timings[durable_limit].seconds)}.")
     rows.append("")
     rows.append("crds-job against each other candidate in the same rounds (median of the rounds' ratios; the "
                 "largest is biased high, being against whichever was fastest here): "
