@@ -13,8 +13,13 @@ import gc as _gc
 
 # Importing the AWS SDK builds tens of thousands of objects that live as long as
 # the process; the collector ran 117 times while they were built, 80 ms of each
-# job's start. The collector is put back as it was, for programs that import us.
+# job's start. So it is paused, and what the import built goes straight to the
+# oldest generation (freeze, then unfreeze: nothing is walked), else the first
+# collection after the pause would walk it all. Not when the importing program
+# has frozen objects of its own: unfreeze would release them too. The collector
+# is left on or off as it was found.
 _collecting = _gc.isenabled()
+_frozen_by_caller = _gc.get_freeze_count()
 _gc.disable()
 try:
     from .cli import main
@@ -23,10 +28,9 @@ try:
     from .settings import OPTIONS, Settings, parse
     from .warm import Outcome, warm
 finally:
-    # Straight to the oldest generation, without a walk: else the first young
-    # collection after the pause would walk them all at once.
-    _gc.freeze()
-    _gc.unfreeze()
+    if not _frozen_by_caller:
+        _gc.freeze()
+        _gc.unfreeze()
     if _collecting:
         _gc.enable()
 

@@ -116,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    # The modules and the SDK's models outlive the warm: frozen, they are not
-    # walked again by each collection the warm's own garbage sets off.
+    # The modules outlive the warm: frozen, they are not walked by the full
+    # collections the warm's own garbage may set off.
     gc.freeze()
     code = main()
     # Teardown would walk every object the AWS SDK built (a fifth of a second per
