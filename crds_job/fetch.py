@@ -7,7 +7,8 @@ requests in flight (``concurrency``) and bytes held in memory
 written in order, as the pieces the socket delivered (never joined: a copy
 of every byte on the event loop was the largest cost after the transfer),
 and the sha1 is computed as they are written (in a worker thread, beside the
-event loop), so no file is ever read twice nor held whole. When files are
+event loop), so no file is ever read twice nor held whole. A file's disk
+blocks are reserved before its first byte is fetched, and when files are
 fsync'ed, each part's writeback starts as soon as it is written.
 
 A file whose body is cut short or does not match its size and sha1 is
@@ -269,6 +270,7 @@ class Fetcher:
         async def once() -> None:
             os.lseek(claim.fd, 0, os.SEEK_SET)
             os.ftruncate(claim.fd, 0)
+            claim.reserve(entry.size)
             sha1 = await self._stream(entry, lambda chunks: claim.append(chunks, flush_early=self.fsync))
             self._check(entry, os.fstat(claim.fd).st_size, sha1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import uuid
@@ -156,6 +157,18 @@ def assert_cache_verified(root: str, sample: context.SampleBucket) -> None:
 READ_ONLY_MOUNTS = subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
 
 
+def _tmpfs_mounts() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+needs_tmpfs = pytest.mark.skipif(not _tmpfs_mounts(),
+                                 reason="needs user+mount namespaces (unshare -rm) to mount a size-limited tmpfs")
+
+
 def run_read_only(bucket, *args: str) -> Run:
     """crds-job on the bucket's cache bind-mounted read-only, in a private mount namespace."""
     cache = bucket.cache
@@ -164,6 +177,23 @@ def run_read_only(bucket, *args: str) -> Run:
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=bucket.env(), capture_output=True,
                           text=True, timeout=120)
     return Run(done.returncode, done.stdout, done.stderr, *parse_logs(done.stderr))
+
+
+CANNOT_RESERVE = "the C library or the filesystem of the test's temp folder cannot reserve blocks (fallocate)"
+
+
+def can_reserve(folder) -> bool:
+    """Whether this C library and ``folder``'s filesystem can reserve blocks (fallocate)."""
+    from crds_job import cache
+
+    if cache._FALLOCATE is None:
+        return False
+    fd = os.open(os.path.join(folder, "probe"), os.O_RDWR | os.O_CREAT)
+    try:
+        return cache._FALLOCATE(fd, cache._KEEP_SIZE, 0, 4096) == 0
+    finally:
+        os.close(fd)
+        os.unlink(os.path.join(folder, "probe"))
 
 
 def snapshot(root: str) -> dict[str, tuple[int, int]]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import Bucket, Run, assert_cache_verified, cache_files, new_bucket, parse_logs
+from conftest import Bucket, Run, assert_cache_verified, cache_files, needs_tmpfs, new_bucket, parse_logs
 
 from crds_job.errors import ExitCode
 from crds_job.sample import context
@@ -179,17 +178,6 @@ def test_a_command_that_cannot_start(roman_bucket, tmp_path):
     run = roman_bucket.run("roman", "ops", "--", str(script))
     assert run.returncode == ExitCode.COMMAND_NOT_EXECUTABLE
 
-
-def _unshare_works() -> bool:
-    if not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
-needs_tmpfs = pytest.mark.skipif(not _unshare_works(),
-                                 reason="needs user+mount namespaces (unshare -rm) to mount a size-limited tmpfs")
 
 VERIFY = """
 import hashlib, json, os, sys

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import subprocess
+import sys
 
 import pytest
+from conftest import CANNOT_RESERVE, can_reserve, needs_tmpfs
 
 from crds_job import cache as cache_module
 from crds_job.cache import Cache, file_id, temp_path
@@ -61,6 +65,41 @@ def test_append_writes_chunks_in_order_whether_or_not_writeback_starts_early(tmp
         claim.append(chunks, flush_early=flush_early)
     claim.commit(fsync=flush_early)
     assert open(c.path(REF), "rb").read() == b"".join(bytes(chunk) for chunks in parts for chunk in chunks)
+
+
+def test_reserve_takes_a_files_blocks_but_its_size_stays_what_was_written(tmp_path):
+    if not can_reserve(tmp_path):
+        pytest.skip(CANNOT_RESERVE)
+    c = Cache(str(tmp_path), "roman", "flat")
+    claim = asyncio.run(c.claim(c.path(REF)))
+    claim.reserve(5 * 2**20)
+    info = os.fstat(claim.fd)
+    assert info.st_blocks * 512 >= 5 * 2**20, "the blocks are taken before the bytes are written"
+    assert info.st_size == 0
+    claim.append([b"abc"], flush_early=True)
+    assert os.fstat(claim.fd).st_size == 3, "the size check reads what was written, not what was reserved"
+    claim.release()
+
+
+RESERVE_ON = """
+import asyncio, errno, sys
+from crds_job.cache import Cache
+from crds_job.plan import Entry
+cache = Cache(sys.argv[1], "roman", "flat")
+claim = asyncio.run(cache.claim(cache.path(Entry("roman_wfi_dark_0001.asdf", "reference", 3, "", "wfi"))))
+try:
+    claim.reserve(4 * 2**20)
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+"""
+
+
+@needs_tmpfs
+def test_reserving_more_than_the_disk_holds_fails_before_any_byte_is_written(tmp_path):
+    script = f"mount -t tmpfs -o size=1m tmpfs '{tmp_path}' && exec '{sys.executable}' -c '{RESERVE_ON}' '{tmp_path}'"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [errno.errorcode[errno.ENOSPC]]
 
 
 def test_sweep_removes_dead_writers_temps_but_not_live_ones(tmp_path):

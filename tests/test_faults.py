@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,10 +19,12 @@ import time
 
 import pytest
 from conftest import (
+    CANNOT_RESERVE,
     READ_ONLY_MOUNTS,
     Run,
     assert_cache_verified,
     cache_files,
+    can_reserve,
     new_bucket,
     parse_logs,
     run_read_only,
@@ -159,6 +162,34 @@ def test_a_signal_stops_the_warm_and_removes_its_temp_files(s3, tmp_path, proxy,
     assert not run.events("warmed"), "it stopped instead of finishing"
     assert not [f for f in cache_files(bucket.cache) if os.path.basename(f).startswith(".")], "no temp file left"
     finals_verified(bucket.cache, bucket.sample)
+
+
+def test_a_files_blocks_are_reserved_before_its_bytes_arrive(roman_bucket, proxy):
+    """The whole file's space is taken when its download starts (fewer allocations; no room fails early)."""
+    os.makedirs(roman_bucket.cache)
+    if not can_reserve(roman_bucket.cache):
+        pytest.skip(CANNOT_RESERVE)
+    meta = roman_bucket.sample.metadata()
+    name = max((n for n in meta if not n.endswith("map")), key=lambda n: int(meta[n]["size"]))
+    size = int(meta[name]["size"])
+    proxy.rules = [Rule("slow", path=re.escape(name), delay=2)]
+    process = start(roman_bucket, through(roman_bucket, proxy))
+    temp = temp_path(os.path.join(roman_bucket.cache, "references", "roman", name))
+    seen = None
+    deadline = time.monotonic() + 10
+    while seen is None and process.poll() is None and time.monotonic() < deadline:
+        try:
+            info = os.stat(temp)
+        except FileNotFoundError:
+            time.sleep(0.01)
+            continue
+        seen = (info.st_size, info.st_blocks * 512)
+    run = finish(process, [])
+    assert run.returncode == 0, run.stderr
+    assert seen is not None, "the temp file was never seen while its answer was held back"
+    written, reserved = seen
+    assert written == 0 and reserved >= size > 0
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
 
 
 def test_kill_9_at_random_points_then_resume(s3, tmp_path, proxy):
