@@ -95,6 +95,7 @@ except OSError as exc:
 
 
 @needs_tmpfs
+@pytest.mark.skipif(cache_module._FALLOCATE is None, reason="this platform's C library has no fallocate")
 def test_reserving_more_than_the_disk_holds_fails_before_any_byte_is_written(tmp_path):
     script = f"mount -t tmpfs -o size=1m tmpfs '{tmp_path}' && exec '{sys.executable}' -c '{RESERVE_ON}' '{tmp_path}'"
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=60)
