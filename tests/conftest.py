@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from crds_job import cache as cache_module
 from crds_job.sample import context, server
 
 # Fuzzing: bounded and reproducible in the suite; HYPOTHESIS_PROFILE=fuzz for a long random run.
@@ -184,13 +185,11 @@ CANNOT_RESERVE = "the C library or the filesystem of the test's temp folder cann
 
 def can_reserve(folder) -> bool:
     """Whether this C library and ``folder``'s filesystem can reserve blocks (fallocate)."""
-    from crds_job import cache
-
-    if cache._FALLOCATE is None:
+    if cache_module._FALLOCATE is None:
         return False
     fd = os.open(os.path.join(folder, "probe"), os.O_RDWR | os.O_CREAT)
     try:
-        return cache._FALLOCATE(fd, cache._KEEP_SIZE, 0, 4096) == 0
+        return cache_module._FALLOCATE(fd, cache_module._KEEP_SIZE, 0, 4096) == 0
     finally:
         os.close(fd)
         os.unlink(os.path.join(folder, "probe"))
