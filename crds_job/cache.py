@@ -42,14 +42,16 @@ _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _ADVICE = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 #: fallocate(2)'s flag to reserve blocks without changing the file's size.
 _KEEP_SIZE = 1
+#: The errors that mean the cache's filesystem (or the user's quota on it) is full.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _find_fallocate() -> Callable[[int, int, int, int], int] | None:
     """The C library's ``fallocate``, where there is one with a 64-bit offset.
 
     Not ``os.posix_fallocate``: it changes the file's size (which the size check
-    reads) and, where the filesystem cannot reserve (NFS, EFS), glibc emulates it
-    by writing every block, which would double the bytes written.
+    reads) and, where the filesystem cannot reserve (NFS before 4.2, EFS), glibc
+    emulates it by writing every block, which would double the bytes written.
     """
     if ctypes.sizeof(ctypes.c_long) != 8:
         return None
@@ -89,7 +91,7 @@ def temp_path(final: str) -> str:
 
 def disk_full(exc: OSError, path: str) -> DiskFullError | None:
     """The clear error for ENOSPC/EDQUOT while writing ``path``, else None."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if exc.errno in _NO_SPACE:
         return DiskFullError(
             f"the cache filesystem ran out of space writing {path}",
             "give the cache volume more room (see --dry-run for the bytes needed) or warm fewer files",
@@ -132,17 +134,19 @@ class Claim:
 
         The filesystem then allocates them at once, in few extents, rather than
         page by page as the bytes are written back: on the benchmark's large-file
-        mix that took about 4 % off a warm's CPU time and 2 % off its duration
-        (medians of 30 paired rounds). A disk too full for the file (filled by
-        another writer since the warm's space check) fails here, before its
-        bytes are downloaded. Where reserving is not supported it is skipped:
-        an optimisation, not a guarantee.
+        mix that took about 4 % off a warm's CPU time (median of 30 paired
+        rounds; its duration changed within the noise). A disk too full for the
+        file (filled by another writer since the warm's space check) fails here,
+        before its bytes are downloaded. On tmpfs (a memory-backed emptyDir),
+        which allocates and zeroes the pages at once, it costs about 0.4 ms per
+        MB, which is why it runs in a disk thread. Where reserving is not
+        supported it is skipped: an optimisation, not a guarantee.
         """
         if _FALLOCATE is None or size <= 0:
             return
         if _FALLOCATE(self.fd, _KEEP_SIZE, 0, size) != 0:
             code = ctypes.get_errno()
-            if code in (errno.ENOSPC, errno.EDQUOT):
+            if code in _NO_SPACE:
                 raise OSError(code, os.strerror(code), self.temp)
 
     def append(self, chunks: list[bytes], flush_early: bool) -> None:

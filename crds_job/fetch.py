@@ -8,8 +8,9 @@ written in order, as the pieces the socket delivered (never joined: a copy
 of every byte on the event loop was the largest cost after the transfer),
 and the sha1 is computed as they are written (in a worker thread, beside the
 event loop), so no file is ever read twice nor held whole. A file's disk
-blocks are reserved before its first byte is fetched, and when files are
-fsync'ed, each part's writeback starts as soon as it is written.
+blocks are reserved (where the filesystem can) before its first byte is
+fetched, and when files are fsync'ed, each part's writeback starts as soon as
+it is written.
 
 A file whose body is cut short or does not match its size and sha1 is
 fetched again, up to ``retries`` times with jittered exponential backoff;
@@ -270,7 +271,7 @@ class Fetcher:
         async def once() -> None:
             os.lseek(claim.fd, 0, os.SEEK_SET)
             os.ftruncate(claim.fd, 0)
-            claim.reserve(entry.size)
+            await self.in_thread(claim.reserve, entry.size)
             sha1 = await self._stream(entry, lambda chunks: claim.append(chunks, flush_early=self.fsync))
             self._check(entry, os.fstat(claim.fd).st_size, sha1)
 

@@ -218,6 +218,10 @@ def test_a_too_small_disk_is_refused_before_the_warm_with_the_shortfall(roman_bu
 
 @needs_tmpfs
 def test_running_out_of_space_mid_write_leaves_no_partial_file(roman_bucket):
+    """Where blocks can be reserved (tmpfs can), the reservation meets the full disk, else a write does.
+
+    Both raise in the same step of the fetch and end in the same error.
+    """
     run, listing = run_on_tmpfs(roman_bucket, "8k", "roman", "ops")
     assert run.returncode == ExitCode.DISK_FULL
     assert "ran out of space writing" in only_error(run)
