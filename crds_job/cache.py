@@ -84,6 +84,13 @@ def sha1_of(path: str) -> tuple[str, FileId]:
         return digest.hexdigest(), file_id(os.fstat(handle.fileno()))
 
 
+def nearest_existing(path: str) -> str:
+    """``path`` (absolute), or its nearest ancestor that exists: where a cache yet to be made will be."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def temp_path(final: str) -> str:
     folder, name = os.path.split(final)
     return os.path.join(folder, f".{name}{TEMP_SUFFIX}")
@@ -263,10 +270,7 @@ class Cache:
 
     def writable(self) -> bool:
         """False when the cache is on a read-only mount or not ours to write."""
-        probe = self.root
-        while not os.path.exists(probe):
-            probe = os.path.dirname(probe)
-        return os.access(probe, os.W_OK)
+        return os.access(nearest_existing(self.root), os.W_OK)
 
     def ensure_folder(self, folder: str) -> None:
         """Create ``folder`` inside the cache, refusing any link that leads outside it.
@@ -366,10 +370,7 @@ class Cache:
 
     def check_space(self, needed: int) -> None:
         """Refuse to start a warm the filesystem cannot hold."""
-        probe = self.root
-        while not os.path.exists(probe):
-            probe = os.path.dirname(probe)
-        free = shutil.disk_usage(probe).free
+        free = shutil.disk_usage(nearest_existing(self.root)).free
         if needed > free:
             raise DiskFullError(
                 f"the cache filesystem has {free} bytes free but the warm needs {needed} "

@@ -9,8 +9,8 @@ of every byte on the event loop was the largest cost after the transfer),
 and the sha1 is computed as they are written (in a worker thread, beside the
 event loop), so no file is ever read twice nor held whole. A file's disk
 blocks are reserved (where the filesystem can) before its first byte is
-fetched, and when files are fsync'ed, each part's writeback starts as soon as
-it is written.
+fetched, and when a file is fsync'ed (``durability`` says which are), each
+part's writeback starts as soon as it is written.
 
 A file whose body is cut short or does not match its size and sha1 is
 fetched again, up to ``retries`` times with jittered exponential backoff;
@@ -91,11 +91,13 @@ def backoff(attempt: int) -> float:
 class Fetcher:
     """Fetches entries from one bucket into one cache, within the job's bounds."""
 
-    def __init__(self, bucket: Bucket, settings: Any, progress: Progress, log: Any) -> None:
+    def __init__(
+        self, bucket: Bucket, settings: Any, progress: Progress, log: Any, needs_fsync: Callable[[str], bool]
+    ) -> None:
         self.bucket = bucket
         self.part_size = min(settings.part_size, settings.memory_budget)
         self.retries = settings.retries
-        self.fsync = settings.fsync
+        self.needs_fsync = needs_fsync  # whether a file must be fsync'ed before its rename
         self.progress = progress
         self.log = log
         self._requests = asyncio.Semaphore(settings.concurrency)
@@ -268,16 +270,18 @@ class Fetcher:
             claim.release()
             raise
 
+        fsync = self.needs_fsync(final)
+
         async def once() -> None:
             os.lseek(claim.fd, 0, os.SEEK_SET)
             os.ftruncate(claim.fd, 0)
             await self.in_thread(claim.reserve, entry.size)
-            sha1 = await self._stream(entry, lambda chunks: claim.append(chunks, flush_early=self.fsync))
+            sha1 = await self._stream(entry, lambda chunks: claim.append(chunks, flush_early=fsync))
             self._check(entry, os.fstat(claim.fd).st_size, sha1)
 
         try:
             await self.with_retries(entry, once)
-            await self.in_thread(claim.commit, self.fsync)
+            await self.in_thread(claim.commit, fsync)
         except OSError as exc:
             raise disk_full(exc, final) or CacheError(f"cannot write {final}: {exc.strerror}",
                                                       "check the cache volume") from exc

@@ -24,12 +24,14 @@ from typing import Any
 
 from . import bestrefs, datasets, launch, mapping, plan, server_config
 from .cache import MODE_FILE, Cache, FileId, file_id, sha1_of
+from .durability import Durability
 from .errors import BucketContentError, CacheError, DatasetError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
 from .remote import Bucket, Missing
 from .settings import Settings
 
+BAD_FILES = "bad_files.txt"
 #: A mapping is text of a few kB to a few MB; far more is not a mapping.
 MAX_MAPPING_BYTES = 64 * 2**20
 
@@ -100,9 +102,20 @@ class _Warm:
         self.cache = cache
         self.log = log
         self.progress = Progress()
-        self.fetcher = Fetcher(bucket, settings, self.progress, log)
+        self.durability = Durability.choose(cache.root, settings.fsync, settings.fsync_each)
+        self.fetcher = Fetcher(bucket, settings, self.progress, log, self.durability.needs_fsync)
         self.writable = not settings.dry_run and cache.writable()
         self.unwritten: dict[plan.Entry, bytes] = {}  # mappings fetched, not written (dry run, read-only cache)
+
+    def cover_missing(self, mappings: list[plan.Entry]) -> None:
+        """Before ``mappings`` are fetched: a durable journal names those not cached (see ``durability``).
+
+        One cached at its size is rewritten only if corrupt, which is rare: it is then fsync'ed instead.
+        """
+        if self.writable:
+            paths = [(self.cache.path(entry), entry) for entry in mappings]
+            self.durability.cover((path, entry.size, entry.sha1) for path, entry in paths
+                                  if self.cache.present_size(path) != entry.size)
 
     # ----- step 1 ---------------------------------------------------------------------------
 
@@ -180,6 +193,7 @@ class _Warm:
                 for child in m.children if child not in loaded
             ]
             level = list({entry.name: entry for entry in level}.values())
+            self.cover_missing(level)
             found = list(await asyncio.gather(*(self.load_mapping(entry) for entry in level)))
             loaded.update((m.name, m) for m in found)
         return loaded
@@ -259,15 +273,18 @@ class _Warm:
 
     # ----- step 4 ---------------------------------------------------------------------------
 
-    def write_config(self, config: server_config.ServerConfig) -> None:
-        """Write the cache's config files where they differ from what is there."""
-        files = {MODE_FILE: self.cache.mode, "bad_files.txt": "\n".join(config.bad_files)}
+    def config_to_write(self, config: server_config.ServerConfig) -> dict[str, bytes]:
+        """The cache's config files that differ from what is there, and their new bytes."""
+        files = {MODE_FILE: self.cache.mode, BAD_FILES: "\n".join(config.bad_files)}
         current = self._read_config_file(server_config.NAME)
         if current is None or not server_config.same_as_cached(config, current):
             files[server_config.NAME] = server_config.for_cache(config, _synced_now())
-        for name, text in files.items():
-            if name == server_config.NAME or self._read_config_file(name) != text:
-                self.cache.write_now(self.cache.config_path(name), text.encode("utf-8"), self.settings.fsync)
+        return {self.cache.config_path(name): text.encode("utf-8") for name, text in files.items()
+                if name == server_config.NAME or self._read_config_file(name) != text}
+
+    def write_config(self, files: dict[str, bytes]) -> None:
+        for path, data in files.items():
+            self.cache.write_now(path, data, self.durability.needs_fsync(path))
 
     def _read_config_file(self, name: str) -> str | None:
         try:
@@ -301,6 +318,7 @@ async def warm(settings: Settings, log: Any) -> Outcome:
             return await _run(job, settings, log)
         finally:
             job.fetcher.close()
+            job.durability.close()
 
 
 async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
@@ -317,6 +335,8 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         removed = cache.sweep()
         if removed:
             log.info("removed temporary files left by an interrupted job", count=removed)
+    if not settings.dry_run:  # nothing in the cache is trusted before this
+        await job.durability.recover(cache, job.fetcher.in_thread, job.writable, log)
     config = await job.read_config()
     context = server_config.resolve_context(settings.context, config)
     log.info("context resolved", context=context, requested=settings.context,
@@ -324,7 +344,9 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     if context not in config.metadata:
         raise await job.context_absent(context, pinned=bool(settings.context))
     try:
-        pmap = await job.load_mapping(plan.entry(context, "pmap", config.metadata, named_by="the context choice"))
+        pmap_entry = plan.entry(context, "pmap", config.metadata, named_by="the context choice")
+        job.cover_missing([pmap_entry])
+        pmap = await job.load_mapping(pmap_entry)
     except Missing:
         raise await job.context_absent(context, pinned=bool(settings.context)) from None
     mappings = await job.load_closure(pmap, config)
@@ -351,6 +373,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     log.info("plan", context=context, mappings=len(the_plan.mappings), references=len(the_plan.references),
              bytes=the_plan.total_bytes, fetch_files=len(to_fetch), fetch_bytes=sum(e.size for e in to_fetch),
              instruments=list(settings.instruments) or "all", mappings_only=settings.mappings_only,
+             durability=job.durability.mode,
              references_for=list(selection.datasets) or "the whole context")
     if unchecked:
         log.warning("the bucket publishes no sha1 for some files: they are checked by size only",
@@ -367,12 +390,15 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         log.info("read-only cache holds every planned file", files=len(the_plan.entries))
         return outcome
     cache.check_space(sum(entry.size for entry in to_fetch))
+    config_files = job.config_to_write(config)  # written last: a cache with a config is complete
+    job.durability.cover([(cache.path(entry), entry.size, entry.sha1) for entry in to_fetch]
+                         + [(path, len(data), hashlib.sha1(data).hexdigest()) for path, data in config_files.items()])
     reporter = asyncio.ensure_future(report_periodically(progress, log, settings.progress_interval))
     try:
         await fetch_all(job.fetcher, cache, to_fetch, corrupt)
     finally:
         reporter.cancel()
-    job.write_config(config)
+    job.write_config(config_files)
     outcome.fetched = True
     log.info("warmed", context=context, cache=cache.root, **progress.summary())
     return outcome

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from crds_job import cache as cache_module
+from crds_job import durability
 from crds_job.sample import context, server
 
 # Fuzzing: bounded and reproducible in the suite; HYPOTHESIS_PROFILE=fuzz for a long random run.
@@ -131,9 +132,11 @@ def roman_bucket(s3: server.LocalS3, tmp_path) -> Bucket:
 
 
 def cache_files(root: str) -> dict[str, int]:
-    """Every file under ``root`` (relative path -> size), temp files included."""
+    """Every file under ``root`` (relative path -> size), temp files included, journals not (test_durability's)."""
     found = {}
-    for folder, _dirs, files in os.walk(root):
+    for folder, dirs, files in os.walk(root):
+        if folder == root and durability.FOLDER in dirs:
+            dirs.remove(durability.FOLDER)
         for name in files:
             path = os.path.join(folder, name)
             found[os.path.relpath(path, root)] = os.path.getsize(path)

@@ -20,7 +20,7 @@ def test_the_harness_runs_and_prints_its_tables(tmp_path):
     for row in ("| crds-job |", "| crds sync (baseline) |", "| raw aiobotocore", "| aws s3 cp --recursive |",
                 "| the limit: ", "Choosing the limit, in runs of its own", "1 round(s)",
                 "crds-job against each other candidate in the same rounds",
-                "Like for like", "crds-job --no-fsync / limit", ", then sync |",
+                "Both waiting for the disk", "crds-job --fsync-each / (the limit: ", ", then sync |",
                 "warm cache rerun", "--verify-existing rerun", "baseline / crds-job", "crds-job / limit",
                 "| one dataset (--datasets l1_img.asdf) |", "| whole context |",
                 "cost against file count"):

@@ -49,7 +49,7 @@ def test_every_option_has_a_twin_that_works():
         "context": "roman_0001.pmap", "cache": "/c", "instruments": "wfi", "mappings_only": "1",
         "concurrency": "3", "part_size": "1MiB", "memory_budget": "64M", "retries": "2", "dry_run": "yes",
         "verify_existing": "true", "allow_fetch": "on", "ref_subdir_mode": "instrument", "bucket": "b",
-        "prefix": "/p", "env_file": "/e", "fsync": "0", "progress_interval": "0.5",
+        "prefix": "/p", "env_file": "/e", "fsync": "0", "fsync_each": "1", "progress_interval": "0.5",
         "log_format": "console", "log_level": "debug", "all_references": "1",
     }
     # --datasets excludes the whole-context options set here: its twin is tested in test_datasets.
@@ -57,7 +57,7 @@ def test_every_option_has_a_twin_that_works():
     env = {settings.OPTION_BY_NAME[name].env: value for name, value in values.items()}
     s = parse(["roman", "ops"], **env)
     assert all(s.sources[name] == settings.OPTION_BY_NAME[name].env for name in values)
-    assert s.part_size == 2**20 and s.memory_budget == 64 * 2**20 and s.fsync is False
+    assert s.part_size == 2**20 and s.memory_budget == 64 * 2**20 and s.fsync is False and s.fsync_each
     assert s.instruments == ("wfi",) and s.mappings_only and s.allow_fetch and s.progress_interval == 0.5
 
 

@@ -287,7 +287,7 @@ def test_a_corrupt_copy_another_writer_replaced_first_is_not_fetched_again(roman
     async def fetch(stale):
         async with remote.Bucket(settings.location, settings.concurrency, settings.retries) as bucket:
             progress = Progress()
-            fetcher = Fetcher(bucket, settings, progress, structlog.get_logger())
+            fetcher = Fetcher(bucket, settings, progress, structlog.get_logger(), lambda _path: True)
             try:
                 return await fetcher.fetch_file(entry, cache, stale), progress
             finally:

@@ -1,0 +1,306 @@
+"""How the cache's files survive a crash of the machine, not only of the job.
+
+A file is renamed into place only once verified, so a killed *job* never
+leaves a bad file. A crashed *machine* can: the rename may reach the disk
+before the bytes do, leaving a final name with the right size but bytes that
+were never written, which a later warm would trust by its size. An fsync of
+each file before its rename prevents that, but each fsync waits for the disk
+to flush what was written so far: on the benchmark's VM those flushes cost
+0.14-0.45 s of a 2 s warm of large files (bench/RESULTS.md).
+
+So on a local filesystem a warm keeps a journal instead. Before it renames a
+file without fsync, a journal naming that file (its size and sha1) is on the
+disk: written and fsync'ed while little is yet written, tagged with the
+kernel's boot id, and locked by the warm while it runs. A later warm that
+finds an unlocked journal of another boot (the machine crashed or restarted
+since) re-hashes the files it names and removes the wrong ones before it
+trusts anything, then drops the journal. A journal of the current boot names
+files whose bytes the kernel holds, which it serves correctly until a crash;
+a later warm retires it with one ``syncfs`` once it is old, when there is
+little left to flush.
+
+Where the journal cannot be trusted, files are fsync'ed one by one, as before:
+on network filesystems (NFS, EFS, Lustre, FUSE...), whose cache may be shared
+by machines with different boot ids and whose ``close`` already sends the
+bytes to the server, and where the kernel has no boot id. ``--fsync-each``
+asks for that everywhere, ``--no-fsync`` for neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cache import Cache, disk_full, nearest_existing, sha1_of
+from .errors import CacheError
+
+#: The journals' folder, at the cache's root: crds reads only its own folders.
+FOLDER = ".crds-job-journal"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+MOUNTINFO = "/proc/self/mountinfo"
+#: Filesystems on a disk of this machine alone, where a boot id tells a crash apart.
+LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs",
+                               "jfs", "tmpfs", "ramfs", "overlay"})
+#: A journal of this boot older than this is retired: the kernel has written its pages back by then.
+RETIRE_AFTER = 60.0
+#: The three modes, as the log names them.
+EACH, JOURNAL, NONE = "fsync each file", "journal", "none"
+
+_ESCAPED = re.compile(r"\\([0-7]{3})")
+#: How blocking work reaches the fetcher's disk threads.
+InThread = Callable[..., Awaitable[Any]]
+
+
+def filesystem_type(path: str, mountinfo: str) -> str | None:
+    """The type of the filesystem where ``path`` (absolute, resolved) lies, per ``mountinfo``.
+
+    The innermost mount point wins, and of two at one point the later, which hides the earlier.
+    """
+    best, kind = "", None
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        point = _ESCAPED.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, right.split()[0]
+    return kind
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _age(path: str) -> float:
+    """Seconds since ``path`` was last modified (0 if it is gone)."""
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _syncfs(fd: int) -> None:
+    """Flush the filesystem that holds ``fd`` (every one, where ``syncfs`` is missing)."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if function is None or function(fd) != 0:
+        os.sync()
+
+
+def _fsync_folder(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock(path: str) -> int | None:
+    """An exclusive lock on journal ``path``; None if someone holds it or it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+            return fd
+    except OSError:  # locked, or unlinked by whoever held it
+        pass
+    os.close(fd)
+    return None
+
+
+@dataclass
+class Durability:
+    """One warm's way of making its renamed files survive a crash (see the module's doc)."""
+
+    root: str
+    mode: str
+    boot: str | None = None
+    _covered: set[str] = field(default_factory=set)
+    _held: list[int] = field(default_factory=list)
+
+    @classmethod
+    def choose(cls, root: str, fsync: bool, fsync_each: bool) -> Durability:
+        boot = _read_text(BOOT_ID) or None
+        if not fsync:
+            return cls(root, NONE, boot)
+        kind = filesystem_type(os.path.realpath(nearest_existing(root)), _read_text(MOUNTINFO) or "")
+        if fsync_each or boot is None or kind not in LOCAL_FILESYSTEMS:
+            return cls(root, EACH, boot)
+        return cls(root, JOURNAL, boot)
+
+    @property
+    def folder(self) -> str:
+        """The journals' folder; never through a link, which could lead outside the cache."""
+        folder = os.path.join(self.root, FOLDER)
+        if os.path.islink(folder):
+            raise CacheError(f"{folder} is a symbolic link", "remove it; crds-job never follows links in the cache")
+        return folder
+
+    def needs_fsync(self, path: str) -> bool:
+        """Whether ``path`` must be fsync'ed before its rename: no durable journal names it."""
+        return self.mode == EACH or (self.mode == JOURNAL and path not in self._covered)
+
+    # ----- the writer's side ------------------------------------------------------------------
+
+    def cover(self, files: Iterable[tuple[str, int, str]]) -> None:
+        """Make a journal naming ``files`` (path, size, sha1 or "") durable, before any is renamed.
+
+        In the journal mode only; a file already covered is not named again.
+        """
+        if self.mode != JOURNAL:
+            return
+        new = {path: (size, sha1) for path, size, sha1 in files if path not in self._covered}
+        if not new:
+            return
+        name = f"{self.boot}.{os.getpid()}.{secrets.token_hex(6)}.json"
+        body = {"boot_id": self.boot, "files": [{"path": os.path.relpath(path, self.root), "size": size,
+                                                 "sha1": sha1 or None} for path, (size, sha1) in new.items()]}
+        try:
+            self._held.append(self._write(name, json.dumps(body).encode("utf-8")))
+        except OSError as exc:
+            raise disk_full(exc, self.folder) or CacheError(
+                f"cannot write a journal in {self.folder}: {exc.strerror}", "check the cache volume"
+            ) from exc
+        self._covered.update(new)
+
+    def _write(self, name: str, data: bytes) -> int:
+        """Write journal ``name`` durably under its final name; return a descriptor holding its lock."""
+        folder = self.folder
+        created = not os.path.isdir(folder)
+        os.makedirs(folder, exist_ok=True)
+        temp, final = os.path.join(folder, f".{name}.tmp"), os.path.join(folder, name)
+        try:
+            with open(temp, "xb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # before its final name is visible: a live journal is locked
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+                os.rename(temp, final)
+                fd = os.dup(handle.fileno())  # the same open file, so the same lock
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        try:
+            _fsync_folder(folder)
+            if created:
+                _fsync_folder(self.root)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def close(self) -> None:
+        """The warm is over: its journals stay, unlocked and dated now, for a later warm to retire."""
+        while self._held:
+            fd = self._held.pop()
+            try:
+                os.utime(fd)
+            finally:
+                os.close(fd)
+
+    # ----- a later warm's side ----------------------------------------------------------------
+
+    async def recover(self, cache: Cache, in_thread: InThread, writable: bool, log: Any) -> None:
+        """Deal with the journals other warms left, before anything in the cache is trusted."""
+        folder = self.folder
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(folder, name)
+            if name.startswith("."):  # never renamed into place, so it covered nothing
+                if writable and _age(path) > RETIRE_AFTER and (fd := _lock(path)) is not None:
+                    os.unlink(path)
+                    os.close(fd)
+            elif self.boot is not None and name.startswith(self.boot + "."):
+                if writable and _age(path) > RETIRE_AFTER:
+                    _retire(path)
+            elif not writable:
+                raise CacheError(
+                    f"cache {cache.root} holds files written just before the machine crashed or "
+                    f"restarted, not yet checked (journal {path})",
+                    "mount it writable for one crds-job run, which checks them",
+                )
+            else:
+                await _check_journal(path, cache, in_thread, log)
+
+
+def _retire(path: str) -> None:
+    """Flush the files a finished journal names, then drop it."""
+    fd = _lock(path)
+    if fd is None:  # a warm still writing, or another retiring it
+        return
+    try:
+        _syncfs(fd)
+        os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+async def _check_journal(path: str, cache: Cache, in_thread: InThread, log: Any) -> None:
+    """Re-hash the files a journal of another boot names, remove the wrong ones, then drop it."""
+    while (fd := _lock(path)) is None:
+        if not os.path.exists(path):  # another warm checked it
+            return
+        await asyncio.sleep(0.2)
+    try:
+        files = _journal_files(fd, path)
+        removed = [rel for rel, size, sha1 in files if not await _check_file(cache, rel, size, sha1, in_thread)]
+        _syncfs(fd)  # the removals are on the disk before the journal that calls for them goes
+        os.unlink(path)
+    finally:
+        os.close(fd)
+    log.warning("checked the files a warm wrote just before the machine crashed or restarted",
+                journal=os.path.basename(path), files=len(files), removed=len(removed), first=removed[:5])
+
+
+def _journal_files(fd: int, path: str) -> list[tuple[str, int, str | None]]:
+    """The (relative path, size, sha1) a journal names, each path checked to lie inside the cache."""
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        data = handle.read()
+    try:
+        files = [(str(f["path"]), int(f["size"]), f["sha1"]) for f in json.loads(data)["files"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"journal {path} is unreadable ({exc})",
+                         "remove it and run once with --verify-existing") from None
+    for rel, _size, _sha1 in files:
+        if os.path.isabs(rel) or ".." in rel.split(os.sep) or os.path.normpath(rel) != rel:
+            raise CacheError(f"journal {path} names {rel!r}, a path outside the cache",
+                             "remove it and run once with --verify-existing")
+    return files
+
+
+async def _check_file(cache: Cache, rel: str, size: int, sha1: str | None, in_thread: InThread) -> bool:
+    """Keep the file at ``rel`` only if its size and sha1 are the journal's; False if removed."""
+    final = os.path.join(cache.root, rel)
+    claim = await cache.claim(final)  # no writer may replace it while it is checked
+    try:
+        info = cache.present(final)
+        if info is None:
+            return True
+        if sha1 and info.st_size == size and (await in_thread(sha1_of, final))[0] == sha1:
+            return True
+        os.unlink(final)
+        return False
+    finally:
+        claim.release()
