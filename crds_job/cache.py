@@ -28,6 +28,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from . import names
 from .errors import CacheError, DiskFullError
@@ -46,6 +47,17 @@ _KEEP_SIZE = 1
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+def c_function(name: str, *argtypes: Any) -> Any:
+    """The C library's function ``name`` (returning an int, errno kept), None where there is none."""
+    try:
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):  # no such C library or function: macOS, some minimal images
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function
+
+
 def _find_fallocate() -> Callable[[int, int, int, int], int] | None:
     """The C library's ``fallocate``, where there is one with a 64-bit offset.
 
@@ -55,13 +67,7 @@ def _find_fallocate() -> Callable[[int, int, int, int], int] | None:
     """
     if ctypes.sizeof(ctypes.c_long) != 8:
         return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):  # no such C library or function: macOS, some minimal images
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
-    function.restype = ctypes.c_int
-    return function
+    return c_function("fallocate", ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long)
 
 
 _FALLOCATE = _find_fallocate()

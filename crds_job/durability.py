@@ -22,8 +22,9 @@ little left to flush.
 Where the journal cannot be trusted, files are fsync'ed one by one, as before:
 on network filesystems (NFS, EFS, Lustre, FUSE...), whose cache may be shared
 by machines with different boot ids and whose ``close`` already sends the
-bytes to the server, and where the kernel has no boot id. ``--fsync-each``
-asks for that everywhere, ``--no-fsync`` for neither.
+bytes to the server; where the kernel has no boot id; and for a folder of the
+cache mounted apart, which the retiring ``syncfs`` would not flush.
+``--fsync-each`` asks for that everywhere, ``--no-fsync`` for neither.
 """
 
 from __future__ import annotations
@@ -37,28 +38,29 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import Cache, disk_full, nearest_existing, sha1_of
+from .cache import DEFAULT_MODE, Cache, c_function, disk_full, nearest_existing, sha1_of
 from .errors import CacheError
 
 #: The journals' folder, at the cache's root: crds reads only its own folders.
 FOLDER = ".crds-job-journal"
+#: The only folders a journal may name files in.
+AREAS = ("mappings", "references", "config")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 MOUNTINFO = "/proc/self/mountinfo"
-#: Filesystems on a disk of this machine alone, where a boot id tells a crash apart.
-LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs",
-                               "jfs", "tmpfs", "ramfs", "overlay"})
+#: Local filesystems whose own journal keeps a new folder's entry once fsync'ed (not ext2).
+LOCAL_FILESYSTEMS = frozenset({"ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs", "jfs",
+                               "tmpfs", "ramfs", "overlay"})
 #: A journal of this boot older than this is retired: the kernel has written its pages back by then.
 RETIRE_AFTER = 60.0
 #: The three modes, as the log names them.
 EACH, JOURNAL, NONE = "fsync each file", "journal", "none"
 
 _ESCAPED = re.compile(r"\\([0-7]{3})")
-#: How blocking work reaches the fetcher's disk threads.
-InThread = Callable[..., Awaitable[Any]]
+_SYNCFS = c_function("syncfs", ctypes.c_int)
 
 
 def filesystem_type(path: str, mountinfo: str) -> str | None:
@@ -96,10 +98,15 @@ def _age(path: str) -> float:
 
 
 def _syncfs(fd: int) -> None:
-    """Flush the filesystem that holds ``fd`` (every one, where ``syncfs`` is missing)."""
-    function = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-    if function is None or function(fd) != 0:
+    """Flush the filesystem that holds ``fd`` (every one, where the C library has no ``syncfs``).
+
+    Its failure is raised: a write the disk refused must not let a journal go.
+    """
+    if _SYNCFS is None:
         os.sync()
+    elif _SYNCFS(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def _fsync_folder(path: str) -> None:
@@ -111,7 +118,10 @@ def _fsync_folder(path: str) -> None:
 
 
 def _lock(path: str) -> int | None:
-    """An exclusive lock on journal ``path``; None if someone holds it or it is gone."""
+    """An exclusive lock on journal ``path``; None if someone holds it or it is gone.
+
+    Not ``cache``'s temp-file lock: a journal is never created here, only taken.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -126,6 +136,15 @@ def _lock(path: str) -> int | None:
     return None
 
 
+async def _wait_for(path: str) -> int | None:
+    """The lock on journal ``path`` once whoever checks it lets go; None if they dropped it."""
+    while (fd := _lock(path)) is None:
+        if not os.path.exists(path):
+            return None
+        await asyncio.sleep(0.2)
+    return fd
+
+
 @dataclass
 class Durability:
     """One warm's way of making its renamed files survive a crash (see the module's doc)."""
@@ -135,6 +154,7 @@ class Durability:
     boot: str | None = None
     _covered: set[str] = field(default_factory=set)
     _held: list[int] = field(default_factory=list)
+    _devices: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def choose(cls, root: str, fsync: bool, fsync_each: bool) -> Durability:
@@ -160,31 +180,40 @@ class Durability:
 
     # ----- the writer's side ------------------------------------------------------------------
 
+    def _device(self, folder: str) -> int:
+        """The device ``folder`` is (or, once made, will be) on."""
+        if folder not in self._devices:
+            self._devices[folder] = os.stat(nearest_existing(folder)).st_dev
+        return self._devices[folder]
+
     def cover(self, files: Iterable[tuple[str, int, str]]) -> None:
         """Make a journal naming ``files`` (path, size, sha1 or "") durable, before any is renamed.
 
-        In the journal mode only; a file already covered is not named again.
+        In the journal mode only. Not a file already covered, nor one on another
+        filesystem than the journal's (a folder of the cache mounted apart), which
+        a retiring ``syncfs`` would not flush: those are fsync'ed.
         """
         if self.mode != JOURNAL:
             return
-        new = {path: (size, sha1) for path, size, sha1 in files if path not in self._covered}
-        if not new:
-            return
-        name = f"{self.boot}.{os.getpid()}.{secrets.token_hex(6)}.json"
-        body = {"boot_id": self.boot, "files": [{"path": os.path.relpath(path, self.root), "size": size,
-                                                 "sha1": sha1 or None} for path, (size, sha1) in new.items()]}
         try:
-            self._held.append(self._write(name, json.dumps(body).encode("utf-8")))
+            home = self._device(self.root)
+            new = {path: (size, sha1) for path, size, sha1 in files
+                   if path not in self._covered and self._device(os.path.dirname(path)) == home}
+            if not new:
+                return
+            name = f"{self.boot}.{os.getpid()}.{secrets.token_hex(6)}.json"
+            body = {"boot_id": self.boot, "files": [{"path": os.path.relpath(path, self.root), "size": size,
+                                                     "sha1": sha1 or None} for path, (size, sha1) in new.items()]}
+            self._write(name, json.dumps(body).encode("utf-8"))
         except OSError as exc:
-            raise disk_full(exc, self.folder) or CacheError(
-                f"cannot write a journal in {self.folder}: {exc.strerror}", "check the cache volume"
+            raise disk_full(exc, self.root) or CacheError(
+                f"cannot write a journal in {self.root}: {exc.strerror}", "check the cache volume"
             ) from exc
         self._covered.update(new)
 
-    def _write(self, name: str, data: bytes) -> int:
-        """Write journal ``name`` durably under its final name; return a descriptor holding its lock."""
+    def _write(self, name: str, data: bytes) -> None:
+        """Write journal ``name`` durably under its final name, and keep holding its lock."""
         folder = self.folder
-        created = not os.path.isdir(folder)
         os.makedirs(folder, exist_ok=True)
         temp, final = os.path.join(folder, f".{name}.tmp"), os.path.join(folder, name)
         try:
@@ -194,38 +223,44 @@ class Durability:
                 handle.flush()
                 os.fsync(handle.fileno())
                 os.rename(temp, final)
-                fd = os.dup(handle.fileno())  # the same open file, so the same lock
+                self._held.append(os.dup(handle.fileno()))  # the same open file, so the same lock
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
-        try:
-            _fsync_folder(folder)
-            if created:
-                _fsync_folder(self.root)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        _fsync_folder(folder)
+        if len(self._held) == 1:  # the folder's own entry too, whoever made it
+            _fsync_folder(self.root)
 
     def close(self) -> None:
         """The warm is over: its journals stay, unlocked and dated now, for a later warm to retire."""
         while self._held:
             fd = self._held.pop()
-            try:
+            with contextlib.suppress(OSError):  # only the age a later warm sees
                 os.utime(fd)
-            finally:
-                os.close(fd)
+            os.close(fd)
 
     # ----- a later warm's side ----------------------------------------------------------------
 
-    async def recover(self, cache: Cache, in_thread: InThread, writable: bool, log: Any) -> None:
-        """Deal with the journals other warms left, before anything in the cache is trusted."""
+    async def recover(self, log: Any) -> None:
+        """Deal with the journals other warms left, before anything in the cache is read."""
+        if not os.path.isdir(self.root):
+            return
+        try:
+            await self._recover(os.access(self.root, os.W_OK), log)
+        except OSError as exc:
+            raise disk_full(exc, self.folder) or CacheError(
+                f"cannot check the journals in {self.folder}: {exc.strerror}",
+                "check the cache volume; if a journal is broken, remove it and run once with --verify-existing",
+            ) from exc
+
+    async def _recover(self, writable: bool, log: Any) -> None:
         folder = self.folder
         try:
             names = sorted(os.listdir(folder))
         except FileNotFoundError:
             return
+        old: list[str] = []
         for name in names:
             path = os.path.join(folder, name)
             if name.startswith("."):  # never renamed into place, so it covered nothing
@@ -234,63 +269,70 @@ class Durability:
                     os.close(fd)
             elif self.boot is not None and name.startswith(self.boot + "."):
                 if writable and _age(path) > RETIRE_AFTER:
-                    _retire(path)
+                    old.append(path)
+            elif (fd := await _wait_for(path)) is None:
+                continue  # another warm checked it meanwhile
             elif not writable:
+                os.close(fd)
                 raise CacheError(
-                    f"cache {cache.root} holds files written just before the machine crashed or "
+                    f"cache {self.root} holds files written just before the machine crashed or "
                     f"restarted, not yet checked (journal {path})",
                     "mount it writable for one crds-job run, which checks them",
                 )
             else:
-                await _check_journal(path, cache, in_thread, log)
+                await self._check_journal(fd, path, log)
+        if old:
+            await _retire(old, log)
+
+    async def _check_journal(self, fd: int, path: str, log: Any) -> None:
+        """Re-hash the files a journal of another boot names, remove the wrong ones, then drop it."""
+        cache = Cache(self.root, "", DEFAULT_MODE)  # for its locks and checks, which need no layout
+        try:
+            files = _journal_files(fd, path)
+            removed = [rel for rel, size, sha1 in files if not await _check_file(cache, rel, size, sha1)]
+            await asyncio.to_thread(_syncfs, fd)  # the removals are on the disk before the journal goes
+            os.unlink(path)
+        finally:
+            os.close(fd)
+        log.warning("checked the files a warm wrote just before the machine crashed or restarted",
+                    journal=os.path.basename(path), files=len(files), removed=len(removed), first=removed[:5])
 
 
-def _retire(path: str) -> None:
-    """Flush the files a finished journal names, then drop it."""
-    fd = _lock(path)
-    if fd is None:  # a warm still writing, or another retiring it
-        return
+async def _retire(paths: list[str], log: Any) -> None:
+    """Flush the files that finished journals of this boot name, with one ``syncfs``, then drop them."""
+    held = [(path, fd) for path in paths if (fd := _lock(path)) is not None]  # not those still in use
     try:
-        _syncfs(fd)
-        os.unlink(path)
+        if held:
+            try:
+                await asyncio.to_thread(_syncfs, held[0][1])
+            except OSError as exc:  # they stay, for the next warm to retry, or to check after a crash
+                log.warning("could not flush the cache's filesystem; its journals are kept", error=str(exc))
+                return
+            for path, _fd in held:
+                os.unlink(path)
     finally:
-        os.close(fd)
-
-
-async def _check_journal(path: str, cache: Cache, in_thread: InThread, log: Any) -> None:
-    """Re-hash the files a journal of another boot names, remove the wrong ones, then drop it."""
-    while (fd := _lock(path)) is None:
-        if not os.path.exists(path):  # another warm checked it
-            return
-        await asyncio.sleep(0.2)
-    try:
-        files = _journal_files(fd, path)
-        removed = [rel for rel, size, sha1 in files if not await _check_file(cache, rel, size, sha1, in_thread)]
-        _syncfs(fd)  # the removals are on the disk before the journal that calls for them goes
-        os.unlink(path)
-    finally:
-        os.close(fd)
-    log.warning("checked the files a warm wrote just before the machine crashed or restarted",
-                journal=os.path.basename(path), files=len(files), removed=len(removed), first=removed[:5])
+        for _path, fd in held:
+            os.close(fd)
 
 
 def _journal_files(fd: int, path: str) -> list[tuple[str, int, str | None]]:
-    """The (relative path, size, sha1) a journal names, each path checked to lie inside the cache."""
+    """The (relative path, size, sha1) a journal names, each path checked to lie in the cache's folders."""
     with os.fdopen(os.dup(fd), "rb") as handle:
         data = handle.read()
     try:
         files = [(str(f["path"]), int(f["size"]), f["sha1"]) for f in json.loads(data)["files"]]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise CacheError(f"journal {path} is unreadable ({exc})",
                          "remove it and run once with --verify-existing") from None
     for rel, _size, _sha1 in files:
-        if os.path.isabs(rel) or ".." in rel.split(os.sep) or os.path.normpath(rel) != rel:
-            raise CacheError(f"journal {path} names {rel!r}, a path outside the cache",
+        parts = rel.split(os.sep)
+        if parts[0] not in AREAS or ".." in parts or os.path.normpath(rel) != rel or "\0" in rel:
+            raise CacheError(f"journal {path} names {rel!r}, a path outside the cache's folders",
                              "remove it and run once with --verify-existing")
     return files
 
 
-async def _check_file(cache: Cache, rel: str, size: int, sha1: str | None, in_thread: InThread) -> bool:
+async def _check_file(cache: Cache, rel: str, size: int, sha1: str | None) -> bool:
     """Keep the file at ``rel`` only if its size and sha1 are the journal's; False if removed."""
     final = os.path.join(cache.root, rel)
     claim = await cache.claim(final)  # no writer may replace it while it is checked
@@ -298,7 +340,7 @@ async def _check_file(cache: Cache, rel: str, size: int, sha1: str | None, in_th
         info = cache.present(final)
         if info is None:
             return True
-        if sha1 and info.st_size == size and (await in_thread(sha1_of, final))[0] == sha1:
+        if sha1 and info.st_size == size and (await asyncio.to_thread(sha1_of, final))[0] == sha1:
             return True
         os.unlink(final)
         return False

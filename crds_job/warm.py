@@ -96,13 +96,13 @@ class Outcome:
 class _Warm:
     """The state of one warm, threaded through its steps."""
 
-    def __init__(self, settings: Settings, bucket: Bucket, cache: Cache, log: Any) -> None:
+    def __init__(self, settings: Settings, bucket: Bucket, cache: Cache, durability: Durability, log: Any) -> None:
         self.settings = settings
         self.bucket = bucket
         self.cache = cache
         self.log = log
         self.progress = Progress()
-        self.durability = Durability.choose(cache.root, settings.fsync, settings.fsync_each)
+        self.durability = durability
         self.fetcher = Fetcher(bucket, settings, self.progress, log, self.durability.needs_fsync)
         self.writable = not settings.dry_run and cache.writable()
         self.unwritten: dict[plan.Entry, bytes] = {}  # mappings fetched, not written (dry run, read-only cache)
@@ -311,9 +311,12 @@ def _read(path: str) -> tuple[bytes, FileId]:
 async def warm(settings: Settings, log: Any) -> Outcome:
     """Do one warm (or, with ``dry_run``, only its planning)."""
     location = settings.location
+    durability = Durability.choose(settings.cache, settings.fsync, settings.fsync_each)
+    if not settings.dry_run:  # before anything in the cache is read, even its layout
+        await durability.recover(log)
     cache = Cache.open(settings.cache, location.observatory, settings.ref_subdir_mode)
     async with Bucket(location, settings.concurrency, settings.retries) as bucket:
-        job = _Warm(settings, bucket, cache, log)
+        job = _Warm(settings, bucket, cache, durability, log)
         try:
             return await _run(job, settings, log)
         finally:
@@ -335,8 +338,6 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         removed = cache.sweep()
         if removed:
             log.info("removed temporary files left by an interrupted job", count=removed)
-    if not settings.dry_run:  # nothing in the cache is trusted before this
-        await job.durability.recover(cache, job.fetcher.in_thread, job.writable, log)
     config = await job.read_config()
     context = server_config.resolve_context(settings.context, config)
     log.info("context resolved", context=context, requested=settings.context,

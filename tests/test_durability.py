@@ -100,6 +100,23 @@ def test_the_journal_is_kept_only_where_a_boot_id_tells_a_crash(tmp_path):
 
 # ----- the writer's side ------------------------------------------------------------------------------
 
+def test_a_journal_is_locked_while_its_warm_runs_and_its_files_skip_the_fsync(tmp_path):
+    root = str(tmp_path / "cache")
+    journal = durability.Durability(root, durability.JOURNAL, OTHER_BOOT)
+    covered, other = os.path.join(root, GAIN), os.path.join(root, DARK)
+    assert journal.needs_fsync(covered) and journal.needs_fsync(other)
+    journal.cover([(covered, 3, "a" * 40)])
+    assert not journal.needs_fsync(covered) and journal.needs_fsync(other), "only what a journal names"
+    (written,) = journals(root)
+    assert named_by(written) == {GAIN}
+    with open(written) as handle:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        journal.close()
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the warm is over: free to retire or check
+    assert journals(root) == [written], "it stays, for a later warm"
+
+
 @pytest.mark.skipif(not LOCAL, reason=NOT_LOCAL)
 def test_a_warm_names_every_file_it_writes_in_a_journal_first(roman_bucket):
     run = roman_bucket.run("roman", "ops")
@@ -111,9 +128,6 @@ def test_a_warm_names_every_file_it_writes_in_a_journal_first(roman_bucket):
     assert named(roman_bucket.cache) == written
     boot = open(durability.BOOT_ID).read().strip()
     assert all(os.path.basename(j).startswith(boot + ".") for j in journals(roman_bucket.cache))
-    for journal in journals(roman_bucket.cache):  # the warm is over: none is still locked
-        with open(journal) as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     before = journals(roman_bucket.cache)
     again = roman_bucket.run("roman", "ops")
     assert again.event("warmed")["files_fetched"] == 0
@@ -180,6 +194,20 @@ def test_a_journal_being_checked_by_another_warm_is_waited_for(roman_bucket):
     assert not any(OTHER_BOOT in journal for journal in journals(roman_bucket.cache))
 
 
+@pytest.mark.skipif(not LOCAL, reason=NOT_LOCAL)
+def test_after_a_restart_the_caches_layout_is_read_only_once_checked(roman_bucket):
+    assert roman_bucket.run("roman", "ops", "--ref-subdir-mode", "instrument").returncode == 0
+    as_another_boots(roman_bucket.cache)
+    with open(os.path.join(roman_bucket.cache, "config/roman/ref_cache_subdir_mode"), "wb") as handle:
+        handle.write(b"\0" * 10)  # its bytes never reached the disk
+    run = roman_bucket.run("roman", "ops", "--ref-subdir-mode", "instrument")
+    assert run.returncode == 0, run.stderr
+    assert "config/roman/ref_cache_subdir_mode" in {p for check in run.events(CHECKED) for p in check["first"]}
+    with open(os.path.join(roman_bucket.cache, "config/roman/ref_cache_subdir_mode")) as handle:
+        assert handle.read() == "instrument"
+    assert run.event("warmed")["files_fetched"] == 0, "the references, in their instrument folders, all kept"
+
+
 def test_a_journal_naming_a_path_outside_the_cache_is_refused(roman_bucket, tmp_path):
     assert roman_bucket.run("roman", "ops", "--no-fsync").returncode == 0
     victim = tmp_path / "precious"
@@ -190,8 +218,14 @@ def test_a_journal_naming_a_path_outside_the_cache_is_refused(roman_bucket, tmp_
         json.dump({"boot_id": OTHER_BOOT, "files": [{"path": "../precious", "size": 1, "sha1": None}]}, handle)
     run = run_job(["roman", "ops"], roman_bucket.env())
     assert run.returncode == ExitCode.CACHE
-    assert "names '../precious', a path outside the cache" in run.errors[0]["event"]
+    assert "names '../precious', a path outside the cache's folders" in run.errors[0]["event"]
     assert victim.read_bytes() == b"keep me"
+    with open(os.path.join(folder, f"{OTHER_BOOT}.1.x.json"), "w") as handle:  # nor another journal
+        json.dump({"boot_id": OTHER_BOOT, "files": [{"path": f"{durability.FOLDER}/a.json", "size": 1,
+                                                     "sha1": None}]}, handle)
+    run = run_job(["roman", "ops"], roman_bucket.env())
+    assert run.returncode == ExitCode.CACHE
+    assert "a path outside the cache's folders" in run.errors[0]["event"]
 
 
 def test_a_journal_folder_linked_outside_the_cache_is_refused(roman_bucket, tmp_path):
