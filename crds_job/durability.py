@@ -174,6 +174,18 @@ class Durability:
             raise CacheError(f"{folder} is a symbolic link", "remove it; crds-job never follows links in the cache")
         return folder
 
+    @property
+    def writes_back_early(self) -> bool:
+        """Whether files' writeback starts part by part, fsync'ed or not (see ``Claim.append``).
+
+        With a journal too: at 16 times the benchmark's small mix (787 MB) a
+        warm that left its pages dirty took 13.4 s against 12.3 s with an fsync
+        each (medians of 4), and 12.5 s once it started their writeback. On the
+        large mix that cost 1.07x of the limit against 1.05x, within the noise
+        (12 paired rounds).
+        """
+        return self.mode != NONE
+
     def needs_fsync(self, path: str) -> bool:
         """Whether ``path`` must be fsync'ed before its rename: no durable journal names it."""
         return self.mode == EACH or (self.mode == JOURNAL and path not in self._covered)

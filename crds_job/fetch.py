@@ -9,8 +9,10 @@ of every byte on the event loop was the largest cost after the transfer),
 and the sha1 is computed as they are written (in a worker thread, beside the
 event loop), so no file is ever read twice nor held whole. A file's disk
 blocks are reserved (where the filesystem can) before its first byte is
-fetched, and when a file is fsync'ed (``durability`` says which are), each
-part's writeback starts as soon as it is written.
+fetched, and unless nothing is to survive a crash (``--no-fsync``), each
+part's writeback starts as soon as it is written: an fsync then waits for the
+last part only, and a warm of many GB never piles up dirty pages for the
+kernel to throttle it on.
 
 A file whose body is cut short or does not match its size and sha1 is
 fetched again, up to ``retries`` times with jittered exponential backoff;
@@ -30,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .cache import Cache, FileId, disk_full, sha1_of
+from .durability import Durability
 from .errors import CacheError, IntegrityError
 from .plan import Entry
 from .progress import Progress
@@ -92,12 +95,12 @@ class Fetcher:
     """Fetches entries from one bucket into one cache, within the job's bounds."""
 
     def __init__(
-        self, bucket: Bucket, settings: Any, progress: Progress, log: Any, needs_fsync: Callable[[str], bool]
+        self, bucket: Bucket, settings: Any, progress: Progress, log: Any, durability: Durability
     ) -> None:
         self.bucket = bucket
         self.part_size = min(settings.part_size, settings.memory_budget)
         self.retries = settings.retries
-        self.needs_fsync = needs_fsync  # whether a file must be fsync'ed before its rename
+        self.durability = durability  # which files are fsync'ed before their rename
         self.progress = progress
         self.log = log
         self._requests = asyncio.Semaphore(settings.concurrency)
@@ -270,13 +273,14 @@ class Fetcher:
             claim.release()
             raise
 
-        fsync = self.needs_fsync(final)
+        fsync = self.durability.needs_fsync(final)
+        early = fsync or self.durability.writes_back_early
 
         async def once() -> None:
             os.lseek(claim.fd, 0, os.SEEK_SET)
             os.ftruncate(claim.fd, 0)
             await self.in_thread(claim.reserve, entry.size)
-            sha1 = await self._stream(entry, lambda chunks: claim.append(chunks, flush_early=fsync))
+            sha1 = await self._stream(entry, lambda chunks: claim.append(chunks, flush_early=early))
             self._check(entry, os.fstat(claim.fd).st_size, sha1)
 
         try:

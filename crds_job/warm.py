@@ -103,7 +103,7 @@ class _Warm:
         self.log = log
         self.progress = Progress()
         self.durability = durability
-        self.fetcher = Fetcher(bucket, settings, self.progress, log, self.durability.needs_fsync)
+        self.fetcher = Fetcher(bucket, settings, self.progress, log, durability)
         self.writable = not settings.dry_run and cache.writable()
         self.unwritten: dict[plan.Entry, bytes] = {}  # mappings fetched, not written (dry run, read-only cache)
 

@@ -14,6 +14,7 @@ from conftest import Bucket, assert_cache_verified, cache_files, new_bucket
 from crds_job import remote
 from crds_job import settings as crds_settings
 from crds_job.cache import Cache, file_id
+from crds_job.durability import EACH, Durability
 from crds_job.fetch import Fetcher
 from crds_job.plan import Entry
 from crds_job.progress import Progress
@@ -287,7 +288,8 @@ def test_a_corrupt_copy_another_writer_replaced_first_is_not_fetched_again(roman
     async def fetch(stale):
         async with remote.Bucket(settings.location, settings.concurrency, settings.retries) as bucket:
             progress = Progress()
-            fetcher = Fetcher(bucket, settings, progress, structlog.get_logger(), lambda _path: True)
+            fetcher = Fetcher(bucket, settings, progress, structlog.get_logger(),
+                              Durability(settings.cache, EACH))
             try:
                 return await fetcher.fetch_file(entry, cache, stale), progress
             finally:
