@@ -97,6 +97,11 @@ def nearest_existing(path: str) -> str:
     return path
 
 
+def link_refused(path: str) -> CacheError:
+    """The error for a symbolic link found where the cache holds a file or folder of its own."""
+    return CacheError(f"{path} is a symbolic link", "remove it; crds-job never follows links in the cache")
+
+
 def temp_path(final: str) -> str:
     folder, name = os.path.split(final)
     return os.path.join(folder, f".{name}{TEMP_SUFFIX}")
@@ -200,8 +205,7 @@ def _try_lock(final: str) -> Claim | None:
         fd = os.open(temp, _OPEN_FLAGS, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise CacheError(f"{temp} is a symbolic link",
-                             "remove it; crds-job never follows links in the cache") from None
+            raise link_refused(temp) from None
         raise disk_full(exc, temp) or CacheError(
             f"cannot create {temp}: {exc.strerror}", "make the cache directory writable by the job's user"
         ) from exc
@@ -306,7 +310,7 @@ class Cache:
         except FileNotFoundError:
             return None
         if stat.S_ISLNK(info.st_mode):
-            raise CacheError(f"{path} is a symbolic link", "remove it; crds-job never follows links in the cache")
+            raise link_refused(path)
         if not stat.S_ISREG(info.st_mode):
             raise CacheError(f"{path} is not a regular file", "remove it and run the job again")
         return info

@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import DEFAULT_MODE, Cache, c_function, disk_full, nearest_existing, sha1_of
+from .cache import DEFAULT_MODE, Cache, c_function, disk_full, link_refused, nearest_existing, sha1_of
 from .errors import CacheError
 
 #: The journals' folder, at the cache's root: crds reads only its own folders.
@@ -171,7 +171,7 @@ class Durability:
         """The journals' folder; never through a link, which could lead outside the cache."""
         folder = os.path.join(self.root, FOLDER)
         if os.path.islink(folder):
-            raise CacheError(f"{folder} is a symbolic link", "remove it; crds-job never follows links in the cache")
+            raise link_refused(folder)
         return folder
 
     @property
@@ -258,20 +258,22 @@ class Durability:
         """Deal with the journals other warms left, before anything in the cache is read."""
         if not os.path.isdir(self.root):
             return
+        cache = Cache(self.root, "", DEFAULT_MODE)  # for its locks and checks, which need no layout
         try:
-            await self._recover(os.access(self.root, os.W_OK), log)
+            await self._recover(cache, log)
         except OSError as exc:
             raise disk_full(exc, self.folder) or CacheError(
                 f"cannot check the journals in {self.folder}: {exc.strerror}",
                 "check the cache volume; if a journal is broken, remove it and run once with --verify-existing",
             ) from exc
 
-    async def _recover(self, writable: bool, log: Any) -> None:
+    async def _recover(self, cache: Cache, log: Any) -> None:
         folder = self.folder
         try:
             names = sorted(os.listdir(folder))
         except FileNotFoundError:
             return
+        writable = cache.writable()
         old: list[str] = []
         for name in names:
             path = os.path.join(folder, name)
@@ -292,22 +294,22 @@ class Durability:
                     "mount it writable for one crds-job run, which checks them",
                 )
             else:
-                await self._check_journal(fd, path, log)
+                await _check_journal(fd, path, cache, log)
         if old:
             await _retire(old, log)
 
-    async def _check_journal(self, fd: int, path: str, log: Any) -> None:
-        """Re-hash the files a journal of another boot names, remove the wrong ones, then drop it."""
-        cache = Cache(self.root, "", DEFAULT_MODE)  # for its locks and checks, which need no layout
-        try:
-            files = _journal_files(fd, path)
-            removed = [rel for rel, size, sha1 in files if not await _check_file(cache, rel, size, sha1)]
-            await asyncio.to_thread(_syncfs, fd)  # the removals are on the disk before the journal goes
-            os.unlink(path)
-        finally:
-            os.close(fd)
-        log.warning("checked the files a warm wrote just before the machine crashed or restarted",
-                    journal=os.path.basename(path), files=len(files), removed=len(removed), first=removed[:5])
+
+async def _check_journal(fd: int, path: str, cache: Cache, log: Any) -> None:
+    """Re-hash the files a journal of another boot names, remove the wrong ones, then drop it."""
+    try:
+        files = _journal_files(fd, path)
+        removed = [rel for rel, size, sha1 in files if not await _check_file(cache, rel, size, sha1)]
+        await asyncio.to_thread(_syncfs, fd)  # the removals are on the disk before the journal goes
+        os.unlink(path)
+    finally:
+        os.close(fd)
+    log.warning("checked the files a warm wrote just before the machine crashed or restarted",
+                journal=os.path.basename(path), files=len(files), removed=len(removed), first=removed[:5])
 
 
 async def _retire(paths: list[str], log: Any) -> None:
