@@ -377,7 +377,8 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
              durability=job.durability.mode,
              references_for=list(selection.datasets) or "the whole context")
     if unchecked:
-        log.warning("the bucket publishes no sha1 for some files: they are checked by size only",
+        log.warning("the bucket publishes no sha1 for some files: they are checked by size "
+                    "(and by the checksum S3 keeps, if any, when fetched in one GET)",
                     count=len(unchecked), first=unchecked[:5])
     if settings.dry_run:
         return outcome

@@ -81,7 +81,7 @@ def test_transient_faults_are_survived(roman_bucket, proxy, fault, where):
     ("500", ExitCode.S3_ACCESS, "S3 kept failing"),
     ("reset", ExitCode.S3_ACCESS, "S3 kept failing"),
     ("truncate", ExitCode.S3_ACCESS, "S3 kept failing"),
-    ("flip", ExitCode.INTEGRITY, "arrived damaged"),  # the SDK's CRC32 catches it before our sha1
+    ("flip", ExitCode.INTEGRITY, "arrived with sha1"),  # our sha1 catches it; the SDK's CRC32 is not asked for
 ])
 def test_a_fault_that_does_not_pass_ends_in_a_clear_error(roman_bucket, proxy, fault, code, words):
     victim = max(roman_bucket.sample.expected["roman_0051.pmap"]["wfi"].values(),
@@ -94,6 +94,31 @@ def test_a_fault_that_does_not_pass_ends_in_a_clear_error(roman_bucket, proxy, f
     assert victim not in {os.path.basename(f) for f in cache_files(roman_bucket.cache)}
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
     assert len(proxy.gets(victim)) >= 2, "the budget was spent before giving up"
+
+
+def test_a_damaged_file_the_bucket_publishes_no_sha1_for_is_caught_by_the_sdk(roman_bucket, proxy):
+    """With no sha1 to check, the size would pass a flipped byte: the SDK's CRC32 of the object must catch it."""
+    victim = max(roman_bucket.sample.expected["roman_0051.pmap"]["wfi"].values(),
+                 key=roman_bucket.sample.reference_sizes.get)
+    original = roman_bucket.sample.metadata
+
+    def metadata():
+        published = original()
+        return {**published, victim: {**published[victim], "sha1sum": "none"}}
+
+    roman_bucket.sample.metadata = metadata  # type: ignore[method-assign]
+    roman_bucket.reseed_config()
+    proxy.rules = [Rule("flip", path=victim)]
+    run = roman_bucket.run("roman", "ops", "--retries", "2", env=through(roman_bucket, proxy))
+    assert run.returncode == ExitCode.INTEGRITY, run.stderr
+    (error,) = run.errors
+    assert "arrived damaged" in error["event"] and victim in error["event"]
+    assert victim not in {os.path.basename(f) for f in cache_files(roman_bucket.cache)}
+    assert len(proxy.gets(victim)) >= 2, "the budget was spent before giving up"
+    proxy.rules = []
+    run = roman_bucket.run("roman", "ops", env=through(roman_bucket, proxy))
+    assert run.returncode == 0, run.stderr
+    assert run.event("plan")["fetch_files"] == 1, "only the damaged file was missing"
 
 
 @pytest.mark.parametrize("fault, words", [
