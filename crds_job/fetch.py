@@ -128,12 +128,9 @@ class Fetcher:
     # ----- one pass over a file's bytes -------------------------------------------------------
 
     async def _part(self, entry: Entry, start: int, end: int, whole: bool) -> list[bytes]:
-        checked = not entry.sha1  # else the sha1 checks it, end to end (see ``remote``)
-        async with self._requests:
-            if whole:
-                chunks = await self.bucket.read_chunks(entry.area, entry.name, checked=checked)
-            else:
-                chunks = await self.bucket.read_chunks(entry.area, entry.name, start, end, checked=checked)
+        span = (None, None) if whole else (start, end)
+        async with self._requests:  # the SDK's check only without a sha1, which checks end to end (``remote``)
+            chunks = await self.bucket.read_chunks(entry.area, entry.name, *span, checked=not entry.sha1)
         received = sum(map(len, chunks))
         self.progress.bytes_transferred += received
         if not whole and received != end - start:

@@ -112,6 +112,16 @@ class Bucket:
         """Publish the sample's (possibly edited) server_config again."""
         self.put(f"config/{self.sample.observatory}/server_config", self.sample.server_config())
 
+    def publish_metadata(self, changes: dict[str, dict[str, str]]) -> None:
+        """Publish the sample's download metadata with ``changes`` (file name -> its entry) laid over it."""
+        original = self.sample.metadata
+
+        def metadata() -> dict[str, dict[str, str]]:
+            return {**original(), **changes}
+
+        self.sample.metadata = metadata  # type: ignore[method-assign]
+        self.reseed_config()
+
 
 def run_job(args: list[str], env: dict[str, str], timeout: float = 120) -> Run:
     done = subprocess.run([sys.executable, "-m", "crds_job", *args], env=env, capture_output=True,
@@ -129,6 +139,11 @@ def new_bucket(s3: server.LocalS3, sample: context.SampleBucket, cache: str, pre
 def roman_bucket(s3: server.LocalS3, tmp_path) -> Bucket:
     """A fresh Roman bucket (two contexts) and an empty cache directory."""
     return new_bucket(s3, context.roman(), str(tmp_path / "cache"))
+
+
+def largest_wfi_reference(bucket: Bucket) -> str:
+    """The latest Roman sample context's largest WFI reference: the one whose damage tests break."""
+    return max(bucket.sample.expected["roman_0051.pmap"]["wfi"].values(), key=bucket.sample.reference_sizes.get)
 
 
 def cache_files(root: str) -> dict[str, int]:

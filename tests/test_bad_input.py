@@ -9,7 +9,16 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Bucket, Run, assert_cache_verified, cache_files, needs_tmpfs, new_bucket, parse_logs
+from conftest import (
+    Bucket,
+    Run,
+    assert_cache_verified,
+    cache_files,
+    largest_wfi_reference,
+    needs_tmpfs,
+    new_bucket,
+    parse_logs,
+)
 
 from crds_job.errors import ExitCode
 from crds_job.sample import context
@@ -92,7 +101,7 @@ def test_a_malformed_server_config(roman_bucket):
 
 def corrupt_reference(bucket, transform) -> str:
     """Replace a reference of the latest context in S3 (its metadata unchanged); return its name."""
-    name = max(bucket.sample.expected["roman_0051.pmap"]["wfi"].values(), key=bucket.sample.reference_sizes.get)
+    name = largest_wfi_reference(bucket)
     assert bucket.sample.reference_sizes[name] > 11, "the sample needs a reference of some size"
     bucket.put(f"references/roman/{name}", transform(bucket.sample.reference_bytes(name)))
     return name
@@ -140,13 +149,7 @@ def publish_rmap(bucket, name: str, selector: str, extra_metadata: dict) -> None
     text = render_mapping(header, selector).encode()
     bucket.sample.mappings[name] = text
     bucket.put(f"mappings/roman/{name}", text)
-    original = bucket.sample.metadata
-
-    def metadata():
-        return {**original(), **extra_metadata}
-
-    bucket.sample.metadata = metadata  # type: ignore[method-assign]
-    bucket.reseed_config()
+    bucket.publish_metadata(extra_metadata)
 
 
 @pytest.mark.parametrize("bad", ["../../escape.asdf", "/tmp/escape.asdf", "sub/escape.asdf", "roman_wfi_0099.imap"])

@@ -25,6 +25,7 @@ from conftest import (
     assert_cache_verified,
     cache_files,
     can_reserve,
+    largest_wfi_reference,
     new_bucket,
     parse_logs,
     run_read_only,
@@ -84,8 +85,7 @@ def test_transient_faults_are_survived(roman_bucket, proxy, fault, where):
     ("flip", ExitCode.INTEGRITY, "arrived with sha1"),  # our sha1 catches it; the SDK's CRC32 is not asked for
 ])
 def test_a_fault_that_does_not_pass_ends_in_a_clear_error(roman_bucket, proxy, fault, code, words):
-    victim = max(roman_bucket.sample.expected["roman_0051.pmap"]["wfi"].values(),
-                 key=roman_bucket.sample.reference_sizes.get)
+    victim = largest_wfi_reference(roman_bucket)
     proxy.rules = [Rule(fault, path=victim)]
     run = roman_bucket.run("roman", "ops", "--retries", "2", env=through(roman_bucket, proxy))
     assert run.returncode == code, run.stderr
@@ -98,16 +98,8 @@ def test_a_fault_that_does_not_pass_ends_in_a_clear_error(roman_bucket, proxy, f
 
 def test_a_damaged_file_the_bucket_publishes_no_sha1_for_is_caught_by_the_sdk(roman_bucket, proxy):
     """With no sha1 to check, the size would pass a flipped byte: the SDK's CRC32 of the object must catch it."""
-    victim = max(roman_bucket.sample.expected["roman_0051.pmap"]["wfi"].values(),
-                 key=roman_bucket.sample.reference_sizes.get)
-    original = roman_bucket.sample.metadata
-
-    def metadata():
-        published = original()
-        return {**published, victim: {**published[victim], "sha1sum": "none"}}
-
-    roman_bucket.sample.metadata = metadata  # type: ignore[method-assign]
-    roman_bucket.reseed_config()
+    victim = largest_wfi_reference(roman_bucket)
+    roman_bucket.publish_metadata({victim: {**roman_bucket.sample.metadata()[victim], "sha1sum": "none"}})
     proxy.rules = [Rule("flip", path=victim)]
     run = roman_bucket.run("roman", "ops", "--retries", "2", env=through(roman_bucket, proxy))
     assert run.returncode == ExitCode.INTEGRITY, run.stderr
