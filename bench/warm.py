@@ -14,7 +14,10 @@ size mix) is seeded, then, in alternation and on a cold cache each time:
    of its own first, then run back to back with crds-job in every round; with them, both made
    to wait for the disk (crds-job --fsync-each, and the limit followed by a sync), compared back
    to back. By default crds-job's clock, like the limit's, stops while the files' bytes may still
-   be in memory: it waits only for its journal (see crds_job/durability.py).
+   be in memory: it waits only for its journal (see crds_job/durability.py);
+4. the floor of a checked download: the limit's own download (raw aiobotocore) plus a sha1 of
+   each file as its bytes stream, and nothing else. On one core the sha1 cannot hide behind the
+   transfer, so crds-job / limit includes the check's own cost; crds-job / floor is the rest.
 
 Also: a warm-cache rerun, a --verify-existing rerun, crds-job's peak RSS, crds-job at 1x,
 4x and 16x the file count, and a selective warm (one dataset's references) against the whole
@@ -214,14 +217,19 @@ class Bench:
         self.check(cache)
         return result
 
-    def limit_aiobotocore(self, cache: str, concurrency: int) -> tuple[float, float]:
+    def limit_aiobotocore(self, cache: str, concurrency: int, sha1: bool = False) -> tuple[float, float]:
         env = self.base_env(cache)
         command = [sys.executable, os.path.join(HERE, "raw_get.py"), self.s3.endpoint, BUCKET, PREFIX.strip("/"),
-                   cache, str(concurrency)]
+                   cache, str(concurrency)] + (["sha1"] if sha1 else [])
         start = time.perf_counter()
-        subprocess.run(command, env=env, input="\n".join(self.objects), text=True, check=True)
+        done = subprocess.run(command, env=env, input="\n".join(self.objects), text=True, check=True,
+                              stdout=subprocess.PIPE)
         seconds = time.perf_counter() - start
         self.check(cache)
+        if sha1:  # the floor is timed on complete work too: every sha1 computed, and right
+            wrong = wrong_sha1s(done.stdout, {name: self.meta[name]["sha1sum"] for name in self.objects})
+            if wrong:
+                raise RuntimeError(f"raw_get.py printed a wrong or no sha1 for {', '.join(wrong[:3])}")
         return seconds, 0.0
 
     def limit_awscli(self, cache: str) -> tuple[float, float]:
@@ -233,6 +241,12 @@ class Bench:
                                 f"s3://{BUCKET}/{prefix}/{area}/roman/", os.path.join(cache, area, "roman")], env)
             total += seconds
         return total, 0.0
+
+
+def wrong_sha1s(printed: str, expected: dict[str, str]) -> list[str]:
+    """The names whose sha1 in ``printed`` ("name sha1" lines) is missing or not ``expected``'s."""
+    found = dict(line.split() for line in printed.splitlines() if line.strip())
+    return sorted(name for name, sha1 in expected.items() if found.get(name) != sha1)
 
 
 def seed(s3: server.LocalS3, sample: context.SampleBucket) -> None:
@@ -274,11 +288,27 @@ def alternated(names: list[str], run: int) -> list[str]:
     return names[::-1] if run % 2 else names
 
 
+def aiobotocore_name(concurrency: int) -> str:
+    return f"raw aiobotocore, {concurrency} at once"
+
+
 def limit_candidates(bench: Bench) -> dict[str, Contestant]:
     """The plainest downloads with no checks, not even the SDK's CRC32 (see raw_get.py); the fastest is the limit."""
-    return {**{f"raw aiobotocore, {n} at once": functools.partial(bench.limit_aiobotocore, concurrency=n)
+    return {**{aiobotocore_name(n): functools.partial(bench.limit_aiobotocore, concurrency=n)
                for n in LIMIT_CONCURRENCY},
             "aws s3 cp --recursive": bench.limit_awscli}
+
+
+def sha1_floor(bench: Bench, chosen: str) -> tuple[str, Contestant]:
+    """The floor of a checked download: the limit's download plus a sha1 as the bytes stream.
+
+    At the limit's own concurrency where the limit is raw aiobotocore; after ``aws s3 cp``,
+    which cannot hash, at the middle one.
+    """
+    concurrency = next((n for n in LIMIT_CONCURRENCY if chosen == aiobotocore_name(n)),
+                       LIMIT_CONCURRENCY[len(LIMIT_CONCURRENCY) // 2])
+    return (f"{aiobotocore_name(concurrency)}, with a sha1 as the bytes stream",
+            functools.partial(bench.limit_aiobotocore, concurrency=concurrency, sha1=True))
 
 
 def durable(contestant: Contestant) -> Contestant:
@@ -328,6 +358,7 @@ class MixResult:
     largest: int
     timings: dict[str, Timing]
     limit: str  # the key in ``timings`` of the limit chosen beforehand
+    floor: str  # the key in ``timings`` of the limit's download plus a sha1 (``sha1_floor``)
     rivals: list[str]  # the keys in ``timings`` of the other candidates, run in the same rounds
     limit_choice: dict[str, Timing]
 
@@ -351,7 +382,8 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, lim
                                        limit: candidates[chosen],
                                        "crds-job": lambda cache: bench.crds_job(cache),
                                        durable_name(limit): durable(candidates[chosen])}
-    others: dict[str, Contestant] = {}
+    floor, floor_run = sha1_floor(bench, chosen)
+    others: dict[str, Contestant] = {floor: floor_run}
     if mix.high > PART_SIZE:  # does splitting large files into concurrent ranged GETs pay?
         others["crds-job, one GET per file (--part-size 1GiB --memory-budget 1GiB)"] = \
             lambda cache: bench.crds_job(cache, "--part-size", "1GiB", "--memory-budget", "1GiB")
@@ -373,7 +405,7 @@ def measure_mix(s3: server.LocalS3, mix: Mix, runs: int, baseline_runs: int, lim
         for _ in range(runs):
             timings[name].add(*bench.crds_job(warm_cache, *args))
     shutil.rmtree(warm_cache)
-    return MixResult(mix=mix, files=len(bench.objects), bytes=bench.bytes, timings=timings, limit=limit,
+    return MixResult(mix=mix, files=len(bench.objects), bytes=bench.bytes, timings=timings, limit=limit, floor=floor,
                      rivals=list(rivals), limit_choice=limit_choice,
                      largest=max(int(bench.meta[n]["size"]) for n in bench.objects))
 
@@ -433,6 +465,11 @@ def table(result: MixResult) -> list[str]:
     rows.append("Both waiting for the disk (crds-job, like the limit, does not by default: it keeps a journal "
                 f"for crash recovery instead): {FSYNC_EACH} / ({durable_limit}) = "
                 f"{ratio_text(timings[FSYNC_EACH].seconds, timings[durable_limit].seconds)}.")
+    rows.append("")
+    rows.append("The floor of a download checked by sha1 on the same core (the limit's download, hashing each "
+                f"file as it streams, and nothing else): crds-job / ({result.floor}) = "
+                f"{ratio_text(ours, timings[result.floor].seconds)}; that floor / limit = "
+                f"{ratio_text(timings[result.floor].seconds, limit)}.")
     rows.append("")
     rows.append("crds-job against each other candidate in the same rounds (median of the rounds' ratios; the "
                 "largest is biased high, being against whichever was fastest here): "

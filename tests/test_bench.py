@@ -23,7 +23,8 @@ def test_the_harness_runs_and_prints_its_tables(tmp_path):
                 "Both waiting for the disk", "crds-job --fsync-each / (the limit: ", ", then sync |",
                 "warm cache rerun", "--verify-existing rerun", "baseline / crds-job", "crds-job / limit",
                 "| one dataset (--datasets l1_img.asdf) |", "| whole context |",
-                "cost against file count"):
+                "cost against file count", ", with a sha1 as the bytes stream |",
+                "The floor of a download checked by sha1", "that floor / limit = "):
         assert row in report, row
     assert report.strip() == done.stdout.strip()  # --out holds what was printed
 
@@ -95,6 +96,30 @@ def test_rounds_pair_runs_in_order_and_take_turns_going_first():
     assert harness.rotated([], 3) == []
     assert [harness.alternated(["a", "b", "c"], run) for run in range(2)] == [["a", "b", "c"], ["c", "b", "a"]]
     assert harness.paired_ratios([1.0, 2.0], [2.0, 1.0]) == [0.5, 2.0], "paired by round, not by rank"
+
+
+def test_the_floors_sha1s_must_all_be_printed_and_right():
+    harness = load_harness()
+    expected = {"a.pmap": "1" * 40, "b.asdf": "2" * 40, "c.asdf": "3" * 40}
+    printed = f"b.asdf {'2' * 40}\na.pmap {'1' * 40}\nc.asdf {'4' * 40}\n"
+    assert harness.wrong_sha1s(printed, expected) == ["c.asdf"], "a wrong sha1"
+    assert harness.wrong_sha1s(printed.split("\n", 1)[1], expected) == ["b.asdf", "c.asdf"], "a missing one"
+    assert harness.wrong_sha1s(f"c.asdf {'3' * 40}\n" + printed, expected) == ["c.asdf"], "the last line wins"
+    assert harness.wrong_sha1s(printed.replace("4" * 40, "3" * 40), expected) == []
+
+
+def test_the_floor_downloads_like_the_limit_it_is_compared_with():
+    harness = load_harness()
+
+    class FakeBench:
+        def limit_aiobotocore(self, cache, concurrency, sha1=False):
+            return concurrency, sha1
+
+    name, run = harness.sha1_floor(FakeBench(), "raw aiobotocore, 8 at once")
+    assert name == "raw aiobotocore, 8 at once, with a sha1 as the bytes stream"
+    assert run("cache") == (8, True)
+    name, run = harness.sha1_floor(FakeBench(), "aws s3 cp --recursive")
+    assert run("cache") == (32, True), "the middle concurrency where the limit cannot hash"
 
 
 def test_the_durable_limit_is_timed_until_its_bytes_are_flushed(monkeypatch):
