@@ -20,8 +20,8 @@ size mix) is seeded, then, in alternation and on a cold cache each time:
    transfer, so crds-job / limit includes the check's own cost; crds-job / floor is the rest.
 
 Also: a warm-cache rerun, a --verify-existing rerun, crds-job's peak RSS, crds-job at 1x,
-4x and 16x the file count, and a selective warm (one dataset's references) against the whole
-context. Prints a markdown table; --out writes it to a file.
+4x and 16x the references (each rmap naming that many times more; the mappings stay), and a
+selective warm (one dataset's references) against the whole context. Prints a markdown table; --out writes it to a file.
 
     python bench/warm.py                       # both mixes, defaults sized for a few minutes
     python bench/warm.py --quick               # seconds: a smoke run
@@ -64,6 +64,7 @@ MB = 1e6
 PART_SIZE = settings.OPTION_BY_NAME["part_size"].default
 FSYNC_EACH = "crds-job --fsync-each"
 LIMIT_CONCURRENCY = (8, 32, 64)
+DETECTORS = 18  # WFI01-WFI18: the rows an rmap can have
 
 
 @dataclass
@@ -77,23 +78,42 @@ class Mix:
     def __post_init__(self) -> None:
         self.types = self.types or min(len(WFI_TYPES), self.files)
 
+    @property
+    def per_rmap(self) -> int:
+        """References each rmap names (``files`` rounded up to whole rmaps)."""
+        return max(1, math.ceil(self.files / self.types))
+
+    def scaled(self, factor: int) -> Mix:
+        """This mix with ``factor`` times the references of each rmap, and the same mappings."""
+        return Mix(f"{self.name} x{factor}", self.per_rmap * factor * self.types, self.low, self.high, self.types)
+
     def size(self, rng: random.Random, _name: str) -> int:
         """Log-uniform between low and high, as reference sizes spread over decades."""
         return int(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
 
 
+def grid(references: int) -> tuple[int, int]:
+    """The rows (detectors) and use-after dates of an rmap naming ``references``.
+
+    Exactly that many wherever some grid holds them, so that a mix scaled 4 or 16 times has
+    4 or 16 times the references; else the fewest above, up to the largest grid there is.
+    """
+    shapes = [(rows, dates) for rows in range(1, DETECTORS + 1) for dates in range(1, len(context.DATES) + 1)]
+    fitting = [shape for shape in shapes if shape[0] * shape[1] >= references]
+    return min(fitting, key=lambda shape: (shape[0] * shape[1], shape[1])) if fitting else shapes[-1]
+
+
 def sample_for(mix: Mix, seed: int = 1) -> context.SampleBucket:
     types = WFI_TYPES[: mix.types]
-    per_rmap = max(1, math.ceil(mix.files / len(types)))
-    rows, dates = min(18, per_rmap), math.ceil(per_rmap / 18)
+    rows, dates = grid(mix.per_rmap)
     rules = tuple(context.Rule(kind, ("ROMAN.META.INSTRUMENT.DETECTOR",),
-                               tuple((f"WFI{n:02d}",) for n in range(1, 19)), suffix=kind, extension=".asdf")
+                               tuple((f"WFI{n:02d}",) for n in range(1, DETECTORS + 1)), suffix=kind,
+                               extension=".asdf")
                   for kind in types)
     spec = context.Observatory(name="roman", instrument_key=context.ROMAN.instrument_key,
                                date_keys=context.ROMAN.date_keys, file_ext=".asdf", rules={"WFI": rules},
                                reference_name=context.ROMAN.reference_name)
-    return context.generate(spec, contexts=1, rows=rows, dates=min(dates, len(context.DATES)), size=mix.size,
-                            seed=seed)
+    return context.generate(spec, contexts=1, rows=rows, dates=dates, size=mix.size, seed=seed)
 
 
 @dataclass
@@ -480,11 +500,11 @@ def table(result: MixResult) -> list[str]:
 
 
 def linearity(s3: server.LocalS3, mix: Mix, factors: list[int], workdir: str, log: Log) -> list[str]:
-    rows = ["| files | MB | crds-job s (median of 3) | s per 1000 files | s per GB |",
-            "| --- | --- | --- | --- | --- |"]
+    """crds-job's time for ``factors`` times the references of ``mix`` (the mappings stay the same)."""
+    rows = ["| scale | references | files (with the mappings) | MB | crds-job s (median of 3) | s per 1000 files "
+            "| s per GB |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for factor in factors:
-        scaled = Mix(f"{mix.name} x{factor}", mix.files * factor, mix.low, mix.high, mix.types)
-        sample = sample_for(scaled)
+        sample = sample_for(mix.scaled(factor))
         seed(s3, sample)
         bench = Bench(s3, sample, workdir)
         timing = Timing()
@@ -493,8 +513,8 @@ def linearity(s3: server.LocalS3, mix: Mix, factors: list[int], workdir: str, lo
         median = statistics.median(timing.seconds)
         files = len(bench.objects)
         log(f"  x{factor}: {files} files {median:.2f} s")
-        rows.append(f"| {files} | {bench.bytes / MB:.0f} | {median:.2f} | {median / files * 1000:.2f} | "
-                    f"{median / (bench.bytes / 1e9):.2f} |")
+        rows.append(f"| {factor}× | {len(sample.references_of[bench.context])} | {files} | {bench.bytes / MB:.0f} | "
+                    f"{median:.2f} | {median / files * 1000:.2f} | {median / (bench.bytes / 1e9):.2f} |")
     return rows
 
 

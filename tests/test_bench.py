@@ -23,7 +23,7 @@ def test_the_harness_runs_and_prints_its_tables(tmp_path):
                 "Both waiting for the disk", "crds-job --fsync-each / (the limit: ", ", then sync |",
                 "warm cache rerun", "--verify-existing rerun", "baseline / crds-job", "crds-job / limit",
                 "| one dataset (--datasets l1_img.asdf) |", "| whole context |",
-                "cost against file count", ", with a sha1 as the bytes stream |",
+                "cost against file count", "| 4× |", ", with a sha1 as the bytes stream |",
                 "The floor of a download checked by sha1", "that floor / limit = "):
         assert row in report, row
     assert report.strip() == done.stdout.strip()  # --out holds what was printed
@@ -156,3 +156,21 @@ def test_counts_of_runs_must_be_at_least_one():
     assert harness.positive("2") == 2
     with pytest.raises(SystemExit):
         harness.main(["--runs", "0"])
+
+
+def test_an_rmap_names_exactly_the_references_asked_wherever_a_grid_of_them_exists():
+    harness = load_harness()
+    for references, shape in ((1, (1, 1)), (5, (5, 1)), (20, (10, 2)), (80, (16, 5))):
+        assert harness.grid(references) == shape
+    assert harness.grid(19) == (10, 2), "no grid of 19: the fewest above"
+    assert harness.grid(10_000) == (harness.DETECTORS, 5), "beyond the largest grid: the largest"
+
+
+def test_the_linearity_mixes_have_4_and_16_times_the_references_and_the_same_mappings():
+    harness = load_harness()
+    mix = harness.Mix("small", 120, 10_000, 2_000_000)
+    samples = {factor: harness.sample_for(mix.scaled(factor)) for factor in (1, 4, 16)}
+    references = {factor: len(s.references_of[s.contexts[-1]]) for factor, s in samples.items()}
+    assert references == {1: references[1], 4: 4 * references[1], 16: 16 * references[1]}
+    assert references[1] >= mix.files
+    assert len({frozenset(s.mappings) for s in samples.values()}) == 1
