@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -50,8 +51,6 @@ def through(bucket, proxy, **extra) -> dict[str, str]:
 
 def finals_verified(cache: str, sample) -> int:
     """Check every file under a final name; return how many there are (temp files may remain)."""
-    import hashlib
-
     meta = sample.metadata()
     count = 0
     for relative in cache_files(cache):
@@ -99,7 +98,8 @@ def test_a_fault_that_does_not_pass_ends_in_a_clear_error(roman_bucket, proxy, f
 def test_a_damaged_file_the_bucket_publishes_no_sha1_for_is_caught_by_the_sdk(roman_bucket, proxy):
     """With no sha1 to check, the size would pass a flipped byte: the SDK's CRC32 of the object must catch it."""
     victim = largest_wfi_reference(roman_bucket)
-    roman_bucket.publish_metadata({victim: {**roman_bucket.sample.metadata()[victim], "sha1sum": "none"}})
+    published = roman_bucket.sample.metadata()[victim]
+    roman_bucket.publish_metadata({victim: {**published, "sha1sum": "none"}})
     proxy.rules = [Rule("flip", path=victim)]
     run = roman_bucket.run("roman", "ops", "--retries", "2", env=through(roman_bucket, proxy))
     assert run.returncode == ExitCode.INTEGRITY, run.stderr
@@ -107,10 +107,18 @@ def test_a_damaged_file_the_bucket_publishes_no_sha1_for_is_caught_by_the_sdk(ro
     assert "arrived damaged" in error["event"] and victim in error["event"]
     assert victim not in {os.path.basename(f) for f in cache_files(roman_bucket.cache)}
     assert len(proxy.gets(victim)) >= 2, "the budget was spent before giving up"
+    # The failure cancels whatever was still in flight: how much that is depends on timing.
+    kept = finals_verified(roman_bucket.cache, roman_bucket.sample)
+    gets = len(proxy.gets(victim))
     proxy.rules = []
     run = roman_bucket.run("roman", "ops", env=through(roman_bucket, proxy))
     assert run.returncode == 0, run.stderr
-    assert run.event("plan")["fetch_files"] == 1, "only the damaged file was missing"
+    plan = run.event("plan")
+    assert plan["fetch_files"] == plan["mappings"] + plan["references"] - kept, "what was kept is not fetched again"
+    assert len(proxy.gets(victim)) > gets, "the damaged file was fetched again"
+    (path,) = [f for f in cache_files(roman_bucket.cache) if os.path.basename(f) == victim]
+    with open(os.path.join(roman_bucket.cache, path), "rb") as handle:
+        assert hashlib.sha1(handle.read()).hexdigest() == published["sha1sum"], "the bucket's bytes, undamaged"
 
 
 @pytest.mark.parametrize("fault, words", [
