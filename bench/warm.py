@@ -21,7 +21,8 @@ size mix) is seeded, then, in alternation and on a cold cache each time:
 
 Also: a warm-cache rerun, a --verify-existing rerun, crds-job's peak RSS, crds-job at 1x,
 4x and 16x the references (each rmap naming that many times more; the mappings stay), and a
-selective warm (one dataset's references) against the whole context. Prints a markdown table; --out writes it to a file.
+selective warm (one dataset's references) against the whole context. Prints a markdown table;
+--out writes it to a file.
 
     python bench/warm.py                       # both mixes, defaults sized for a few minutes
     python bench/warm.py --quick               # seconds: a smoke run
