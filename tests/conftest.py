@@ -158,17 +158,22 @@ def cache_files(root: str) -> dict[str, int]:
     return found
 
 
-def assert_cache_verified(root: str, sample: context.SampleBucket) -> None:
-    """Every mapping/reference in the cache has exactly the bucket's bytes; no temp file is left."""
+def file_sha1(path: str) -> str:
+    """The sha1 of the file at ``path``, computed here rather than by crds-job's own code."""
     import hashlib
 
+    with open(path, "rb") as handle:
+        return hashlib.sha1(handle.read()).hexdigest()
+
+
+def assert_cache_verified(root: str, sample: context.SampleBucket) -> None:
+    """Every mapping/reference in the cache has exactly the bucket's bytes; no temp file is left."""
     meta = sample.metadata()
     for relative in cache_files(root):
         name = os.path.basename(relative)
         assert not name.startswith("."), f"a temporary file was left in the cache: {relative}"
         if relative.startswith(("mappings", "references")):
-            with open(os.path.join(root, relative), "rb") as handle:
-                digest = hashlib.sha1(handle.read()).hexdigest()
+            digest = file_sha1(os.path.join(root, relative))
             assert digest == meta[name]["sha1sum"], f"{relative} holds unverified bytes"
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import fcntl
-import hashlib
 import json
 import os
 import random
@@ -26,6 +25,7 @@ from conftest import (
     assert_cache_verified,
     cache_files,
     can_reserve,
+    file_sha1,
     largest_wfi_reference,
     new_bucket,
     parse_logs,
@@ -57,8 +57,7 @@ def finals_verified(cache: str, sample) -> int:
         name = os.path.basename(relative)
         if name.startswith(".") or not relative.startswith(("mappings", "references")):
             continue
-        with open(os.path.join(cache, relative), "rb") as handle:
-            assert hashlib.sha1(handle.read()).hexdigest() == meta[name]["sha1sum"], relative
+        assert file_sha1(os.path.join(cache, relative)) == meta[name]["sha1sum"], relative
         count += 1
     return count
 
@@ -117,8 +116,7 @@ def test_a_damaged_file_the_bucket_publishes_no_sha1_for_is_caught_by_the_sdk(ro
     assert plan["fetch_files"] == plan["mappings"] + plan["references"] - kept, "what was kept is not fetched again"
     assert len(proxy.gets(victim)) > gets, "the damaged file was fetched again"
     (path,) = [f for f in cache_files(roman_bucket.cache) if os.path.basename(f) == victim]
-    with open(os.path.join(roman_bucket.cache, path), "rb") as handle:
-        assert hashlib.sha1(handle.read()).hexdigest() == published["sha1sum"], "the bucket's bytes, undamaged"
+    assert file_sha1(os.path.join(roman_bucket.cache, path)) == published["sha1sum"], "the bucket's bytes, undamaged"
 
 
 @pytest.mark.parametrize("fault, words", [
