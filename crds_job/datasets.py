@@ -4,7 +4,10 @@ Pure: the rule that picks datasets out of a calibration command's arguments,
 so that ``crds-job roman ops strun romancal.pipeline.ExposurePipeline
 l1_img.asdf`` warms only what ``l1_img.asdf`` needs. The rule, as the README
 states it: an argument of COMMAND (not its program, not an option) that ends
-in a dataset suffix and is either an existing file or a URL. Found that way,
+in a dataset suffix and is either an existing file or a URL. A command run
+through a shell (``sh -c "exec strun ... /data/exposure-$INDEX.asdf"``, as
+array jobs do to pick their exposure) is looked into: the words of its script,
+its variables expanded as the shell will. Found that way,
 a candidate is only a guess (``out_cal.asdf`` may be an output to be, an
 ``.asdf`` a parameter file): one that turns out missing or unreadable is
 skipped, not fatal. Datasets named with ``--datasets`` are meant: strict.
@@ -13,7 +16,9 @@ skipped, not fatal. Datasets named with ``--datasets`` are meant: strict.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import shlex
+import string
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: Suffixes of the dataset formats found in a command: FITS (plain or compressed) and ASDF.
@@ -22,6 +27,8 @@ SUFFIXES = (".fits", ".fits.gz", ".fit", ".fits.fz", ".asdf")
 _FITS_ALIASES = (".fits.gz", ".fits.fz", ".fit")
 #: URL schemes read through fsspec (its registry knows more; these are the ones jobs use).
 URL_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "http://", "https://", "file://")
+#: Shells whose ``-c SCRIPT`` is looked into for datasets.
+SHELLS = ("sh", "bash", "dash", "ash", "zsh")
 
 
 def is_url(name: str) -> bool:
@@ -63,13 +70,29 @@ class Selection:
         return [name for name in self.datasets if self.strict and not is_url(name) and not exists(name)]
 
 
+def arguments(command: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """The words of ``command`` after its program; for ``sh -c SCRIPT``, the words of SCRIPT.
+
+    The script's variables are expanded from ``environ``, the command's own
+    environment (``$AWS_BATCH_JOB_ARRAY_INDEX``...). A script the shell would
+    read differently (quotes left open) adds nothing: a guess, never an error.
+    """
+    if os.path.basename(command[0]) in SHELLS and len(command) > 2 and command[1] == "-c":
+        try:
+            return shlex.split(string.Template(command[2]).safe_substitute(environ), comments=True)
+        except ValueError:
+            return []
+    return list(command[1:])
+
+
 def select(
     named: Sequence[str],
     command: Sequence[str],
     whole_context: bool,
     exists: Callable[[str], bool] = os.path.isfile,
+    environ: Mapping[str, str] | None = None,
 ) -> Selection:
-    """The datasets to warm for: ``named`` ones, else those among ``command[1:]``.
+    """The datasets to warm for: ``named`` ones, else those among the command's ``arguments``.
 
     ``whole_context`` (``--all-references``, ``--instruments``, ``--mappings-only``)
     turns the detection in the command off.
@@ -78,7 +101,8 @@ def select(
         return Selection(tuple(named), "--datasets")
     if whole_context or len(command) < 2:
         return Selection((), "none")
-    candidates = [argument for argument in command[1:] if looks_like_dataset(argument)]
+    words = arguments(command, os.environ if environ is None else environ)
+    candidates = [argument for argument in words if looks_like_dataset(argument)]
     found = tuple(dict.fromkeys(a for a in candidates if is_url(a) or exists(a)))
     missing = tuple(a for a in candidates if a not in found)
     return Selection(found, "command" if found else "none", missing)

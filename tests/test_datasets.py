@@ -47,6 +47,22 @@ def test_the_program_itself_and_whole_context_modes_are_never_datasets():
     assert not datasets.select((), ["strun", "x.asdf"], False, lambda _path: False).selective
 
 
+def test_a_shell_scripts_words_are_looked_into_with_its_variables_expanded():
+    exists = {"/data/exposure-7.asdf", "/data/exposure-3_raw.fits"}.__contains__
+    environ = {"AWS_BATCH_JOB_ARRAY_INDEX": "7", "N": "3"}
+    script = "exec strun romancal.pipeline.ExposurePipeline /data/exposure-$AWS_BATCH_JOB_ARRAY_INDEX.asdf"
+    found = datasets.select((), ["sh", "-c", script], False, exists, environ)
+    assert (found.datasets, found.source) == (("/data/exposure-7.asdf",), "command")
+    braced = datasets.select((), ["/bin/bash", "-c", "calwf3.e '/data/exposure-${N}_raw.fits' # x.asdf"],
+                             False, exists, environ)
+    assert braced.datasets == ("/data/exposure-3_raw.fits",)  # quotes removed, the comment ignored
+    unset = datasets.select((), ["sh", "-c", "strun p /data/exposure-$UNSET.asdf"], False, exists, environ)
+    assert not unset.selective and unset.not_found == ("/data/exposure-$UNSET.asdf",)
+    assert not datasets.select((), ["sh", "-c", "strun p '/data/exposure-7.asdf"], False, exists, environ).selective
+    # Not a shell's script: the words as they are.
+    assert datasets.arguments(["python", "-c", "/data/exposure-7.asdf"], environ) == ["-c", "/data/exposure-7.asdf"]
+
+
 def test_named_datasets_are_strict_and_guesses_are_not():
     named = datasets.select(("a.fits", "s3://b/c.fits"), [], False, lambda _path: False)
     assert named.strict and named.local_missing(lambda _path: False) == ["a.fits"]  # URLs: checked when read
@@ -156,6 +172,20 @@ def test_the_dataset_in_the_command_is_found_and_the_command_uses_its_references
     assert references_in(hst_bucket.cache) == set(expected.values())
     assert run.stdout.strip() == str(sorted(expected.values()))  # crds, offline, found them all in the cache
     assert run.event("warming the references of datasets")["source"] == "command"
+
+
+def test_the_dataset_an_array_jobs_shell_script_names_is_found(hst_bucket, hst_datasets):
+    """AWS Batch array children pick their exposure in ``sh -c``, by their index."""
+    folder = os.path.dirname(hst_datasets["WFC3"])
+    os.rename(hst_datasets["WFC3"], os.path.join(folder, "exposure-4_raw.fits"))
+    check = f"{sys.executable} -c 'import sys, os; assert os.path.isfile(sys.argv[1])'"
+    script = f"exec {check} {folder}/exposure-${{AWS_BATCH_JOB_ARRAY_INDEX}}_raw.fits"
+    child = dict(hst_bucket.env(), AWS_BATCH_JOB_ARRAY_INDEX="4")
+    run = hst_bucket.run("hst", "ops", "--", "sh", "-c", script, env=child)
+    assert run.returncode == 0, run.stderr
+    assert run.event("warming the references of datasets")["source"] == "command"
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["wfc3"]
+    assert references_in(hst_bucket.cache) == set(expected.values())
 
 
 def test_all_references_keeps_the_whole_context(hst_bucket, hst_datasets):
