@@ -40,11 +40,16 @@ def test_the_demo_warms_one_exposures_references_and_crds_finds_them_offline(tmp
 
     from crds_job.sample import context
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRDS", "AWS_"))}
-    env.update(CRDS_PATH=str(tmp_path / "cache"), CRDS_JOB_LOG_FORMAT="json")
-    done = subprocess.run([sys.executable, "-m", "crds_job.sample", "demo"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    # What a user's shell may hold after ``source crds_s3_set``: none of it reaches the demo's job.
+    real_cache = tmp_path / "real-crds-cache"
+    real_cache.mkdir()
+    env = dict(os.environ, CRDS_PATH=str(real_cache), CRDS_JOB_CONTEXT="roman_9999.pmap",
+               CRDS_S3_BUCKET="not-the-demo-bucket", AWS_PROFILE="no-such-profile", CRDS_JOB_LOG_FORMAT="json")
+    done = subprocess.run([sys.executable, "-m", "crds_job.sample", "demo", "--cache", str(tmp_path / "cache")],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not os.listdir(real_cache), "the user's own cache is left alone"
+    assert '"event": "warmed"' in done.stderr, "the log format asked for is kept"
     refs = json.loads(done.stdout)["references"]
     expected = context.roman().expected[context.roman().contexts[-1]]["wfi"]
     assert {kind: os.path.basename(path) for kind, path in refs.items()} == expected

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,22 +31,35 @@ def seeded(kind: str) -> server.LocalS3:
     return s3
 
 
+#: What the user's shell may set that the demo must not use: a CRDS_PATH (``crds_s3_set``
+#: exports one) would fill a real cache with sample files, AWS_* would point at a real account.
+_IGNORED = ("CRDS", "AWS_")
+#: Presentation only: kept.
+_KEPT = ("CRDS_JOB_LOG_FORMAT", "CRDS_JOB_LOG_LEVEL")
+
+
 def demo(arguments: argparse.Namespace) -> int:
-    cache = os.environ.get("CRDS_PATH") or tempfile.mkdtemp(prefix="crds-job-demo-")
-    exposure = datasets.write_asdf(os.path.join(tempfile.mkdtemp(prefix="crds-job-demo-data-"), "l1_img.asdf"),
-                                   context.ROMAN_DATASET_HEADER)
+    """Warm a cache for the sample exposure and run crds on it, isolated from the user's own setup."""
+    for name in [name for name in os.environ if name.startswith(_IGNORED) and name not in _KEPT]:
+        del os.environ[name]  # nor used here: an AWS_PROFILE would be looked for by the seeding client
+    scratch = tempfile.mkdtemp(prefix="crds-job-demo-")
+    cache = arguments.cache or os.path.join(scratch, "cache")
+    exposure = datasets.write_asdf(os.path.join(scratch, "l1_img.asdf"), context.ROMAN_DATASET_HEADER)
     s3 = seeded(arguments.server)
     try:
         env = dict(os.environ, **s3.client_env(), CRDS_PATH=cache)
         env.setdefault("CRDS_JOB_LOG_FORMAT", "console")
         command = [sys.executable, "-m", "crds_job", "roman", "ops", "--",
                    sys.executable, "-m", "crds_job.sample", "getreferences", exposure]
-        print(f"# local S3 at {s3.endpoint}, bucket s3://stpubdata/roman/crds; cache {cache}", file=sys.stderr)
+        kept = "kept" if arguments.cache else "removed at the end; --cache DIR keeps one"
+        print(f"# local S3 at {s3.endpoint}, bucket s3://stpubdata/roman/crds; cache {cache} ({kept})",
+              file=sys.stderr)
         print(f"# running: crds-job roman ops -- python -m crds_job.sample getreferences {exposure}",
               file=sys.stderr)
         return subprocess.run(command, env=env).returncode
     finally:
         s3.__exit__()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def serve(arguments: argparse.Namespace) -> int:
@@ -85,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", nargs="?", help="getreferences: the dataset whose header to use")
     parser.add_argument("--server", choices=("moto", "seaweedfs"), default="moto",
                         help="which local S3 server to run (default: moto)")
+    parser.add_argument("--cache", help="demo: warm this cache and keep it (default: a temporary one, "
+                                        "removed at the end; never $CRDS_PATH, which may be a real cache)")
     arguments = parser.parse_args(argv)
     return {"demo": demo, "serve": serve, "getreferences": getreferences}[arguments.action](arguments)
 
