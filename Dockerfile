@@ -4,7 +4,8 @@
 #
 #   standalone:  docker build -t crds-job .
 #                docker run --rm -v crds-cache:/crds-cache crds-job roman ops
-#   layered on your calibration image (Debian/Ubuntu based, python3 >= 3.11 with pip):
+#   layered on your calibration image (Debian/Ubuntu based, python3 >= 3.11 with pip, in a venv or
+#   conda: pip refuses to install into a distribution's own Python, PEP 668):
 #                docker build --build-arg BASE_IMAGE=<romancal or HST calibration image> \
 #                             --build-arg EXTRAS= -t calib-crds .
 #                docker run --rm calib-crds roman ops -- strun romancal.pipeline.ExposurePipeline l1_img.asdf
@@ -44,9 +45,11 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     set -- /wheels/crds_job-*.whl \
  && python3 -m pip install --no-cache-dir --no-index --find-links /wheels "$1${EXTRAS:+[$EXTRAS]}"
 COPY entrypoint.py /opt/crds-job/entrypoint.py
-RUN useradd --uid "${APP_UID}" --create-home --shell /usr/sbin/nologin crds \
- && mkdir -p /crds-cache \
- && chown "${APP_UID}" /crds-cache
+# A base image may have a user with that UID already (layered mode): it is then the one used.
+RUN getent passwd "${APP_UID}" >/dev/null \
+    || useradd --uid "${APP_UID}" --no-create-home --shell /usr/sbin/nologin crds \
+ && mkdir -p /crds-cache /home/crds \
+ && chown "${APP_UID}" /crds-cache /home/crds
 ENV CRDS_PATH=/crds-cache \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
