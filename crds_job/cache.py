@@ -289,6 +289,9 @@ class Cache:
         """
         if folder in self._folders_checked:
             return
+        if os.path.commonpath([os.path.abspath(self.root), os.path.abspath(folder)]) != os.path.abspath(self.root):
+            raise CacheError(f"{folder} is outside the cache {self.root}",  # a bug: names are checked first
+                             "report it; crds-job writes only inside the cache")
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:

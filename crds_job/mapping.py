@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ HEADER_TYPE = {"pmap": "PIPELINE", "imap": "INSTRUMENT", "rmap": "REFERENCE"}
 
 #: Real selectors nest a few levels (Match > UseAfter > ...); far deeper is hostile.
 MAX_SELECTOR_DEPTH = 32
+
+#: An instrument's name (wfi, wfc3, nircam...): it becomes a folder of the cache (``instrument`` layout).
+_INSTRUMENT = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 
 
 class MappingError(ValueError):
@@ -136,6 +140,8 @@ def parse(name: str, text: str, observatory: str, check_header_sum: bool = True)
         raise MappingError(f"header 'mapping' is {header.get('mapping')!r}, expected {HEADER_TYPE[kind]!r}")
     if str(header.get("observatory", observatory)).lower() != observatory:
         raise MappingError(f"header 'observatory' is {header.get('observatory')!r}, expected {observatory!r}")
+    if kind != "pmap" and not _INSTRUMENT.match(str(header.get("instrument", "")).lower()):
+        raise MappingError(f"header 'instrument' is {header.get('instrument')!r}, not an instrument's name")
     if check_header_sum and header.get("sha1sum") != header_checksum(text):
         raise MappingError("its header sha1sum does not match its text, so the crds client would refuse it")
     wanted = CHILD_KIND[kind]

@@ -103,6 +103,12 @@ def build(
     for m in mappings.values():
         for child in m.children:
             parents.setdefault(child, m.name)
+            named = mappings.get(child)
+            if m.kind == "imap" and named is not None and named.instrument != m.instrument:
+                raise BucketContentError(  # its references would go to another instrument's folder
+                    f"{m.name} (instrument {m.instrument}) names {child}, of instrument {named.instrument}",
+                    "pin another context, or report the mapping to the bucket's maintainers",
+                )
     mapping_entries = [
         entry(name, m.kind, metadata, named_by=parents.get(name, "the context choice"))
         for name, m in sorted(mappings.items())

@@ -29,7 +29,7 @@ from .errors import BucketContentError, CacheError, DatasetError, IntegrityError
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
 from .remote import Bucket, Missing
-from .settings import Settings
+from .settings import Settings, parse_bool
 
 BAD_FILES = "bad_files.txt"
 #: A mapping is text of a few kB to a few MB; far more is not a mapping.
@@ -173,9 +173,10 @@ class _Warm:
             data = await self.fetcher.fetch_bytes(entry)
             self.unwritten[entry] = data
         try:
-            text = data.decode("utf-8")
+            # As the crds client reads it (a text file: universal newlines), so its checks agree.
+            text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
             return mapping.parse(entry.name, text, self.bucket.location.observatory,
-                                 check_header_sum=not os.environ.get("CRDS_IGNORE_MAPPING_CHECKSUM"))
+                                 check_header_sum=not crds_ignores_mapping_checksum())
         except (UnicodeDecodeError, mapping.MappingError) as exc:
             raise BucketContentError(f"mapping {entry.name} is unusable: {exc}",
                                      "pin another context, or report the mapping to the bucket's maintainers") from None
@@ -295,6 +296,14 @@ class _Warm:
 
     def config_missing(self) -> list[str]:
         return [name for name in (MODE_FILE, server_config.NAME) if self._read_config_file(name) is None]
+
+
+def crds_ignores_mapping_checksum() -> bool:
+    """Whether the crds client will skip mappings' header checksums: only for a true value, as it reads one."""
+    try:
+        return parse_bool(os.environ.get("CRDS_IGNORE_MAPPING_CHECKSUM", ""))
+    except ValueError:  # unset, or a value crds refuses: it checks, so do we
+        return False
 
 
 def _synced_now() -> str:

@@ -142,11 +142,12 @@ def test_an_object_listed_in_the_metadata_but_missing(roman_bucket):
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
 
 
-def publish_rmap(bucket, name: str, selector: str, extra_metadata: dict) -> None:
+def publish_rmap(bucket, name: str, selector: str, extra_metadata: dict, instrument: str = "WFI",
+                 line_end: str = "\n") -> None:
     """Replace rmap ``name`` with one of ``selector``, stamped and listed as a real one would be."""
-    header = {"mapping": "REFERENCE", "observatory": "ROMAN", "instrument": "WFI", "filekind": "GAIN",
+    header = {"mapping": "REFERENCE", "observatory": "ROMAN", "instrument": instrument, "filekind": "GAIN",
               "name": name, "derived_from": "x", "parkey": (("ROMAN.META.INSTRUMENT.DETECTOR",),)}
-    text = render_mapping(header, selector).encode()
+    text = render_mapping(header, selector).replace("\n", line_end).encode()
     bucket.sample.mappings[name] = text
     bucket.put(f"mappings/roman/{name}", text)
     bucket.publish_metadata(extra_metadata)
@@ -163,6 +164,46 @@ def test_a_mapping_naming_a_path_outside_the_cache_is_refused(roman_bucket, tmp_
     for root in (str(tmp_path), "/tmp"):
         assert not os.path.exists(os.path.join(root, "escape.asdf"))
     assert not any(f.startswith("references") for f in cache_files(roman_bucket.cache))
+
+
+@pytest.mark.parametrize("instrument", ["../../../outside", "..", "wfi/../../../config/roman"])
+def test_a_mapping_whose_instrument_is_a_path_is_refused(roman_bucket, instrument):
+    """In the ``instrument`` layout an rmap's instrument is a folder: a path there must go nowhere."""
+    selector = "Match({('WFI01',) : 'roman_wfi_gain_0001.asdf'})"
+    publish_rmap(roman_bucket, "roman_wfi_gain_0001.rmap", selector, {}, instrument=instrument)
+    run = roman_bucket.run("roman", "ops", "--ref-subdir-mode", "instrument")
+    assert run.returncode == ExitCode.BUCKET_CONTENT, run.stderr
+    assert "mapping roman_wfi_gain_0001.rmap is unusable: header 'instrument'" in only_error(run)
+    assert not any(f.startswith("references") for f in cache_files(roman_bucket.cache))
+    around = os.path.dirname(os.path.normpath(roman_bucket.cache))
+    escaped = os.path.normpath(os.path.join(roman_bucket.cache, "references", "roman", instrument))
+    if not escaped.startswith(os.path.normpath(roman_bucket.cache) + os.sep):
+        assert escaped.startswith(around) and not os.path.exists(escaped), "no folder made outside the cache"
+    written = [os.path.join(folder, name) for folder, _, files in os.walk(around) for name in files]
+    assert not [path for path in written if path.endswith("roman_wfi_gain_0001.asdf")]
+
+
+def test_a_mapping_with_crlf_line_ends_is_read_as_the_crds_client_reads_it(roman_bucket, monkeypatch):
+    """crds reads mappings as text (CRLF is LF) before checking their header sha1sum: so does crds-job."""
+    rmap_module = pytest.importorskip("crds.core.rmap", reason="the crds client is in the test extra")
+    name = "roman_wfi_gain_0001.rmap"
+    publish_rmap(roman_bucket, name, "Match({('WFI01',) : 'roman_wfi_gain_0001.asdf'})", {}, line_end="\r\n")
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == 0, run.stderr
+    cached = os.path.join(roman_bucket.cache, "mappings", "roman", name)
+    with open(cached, "rb") as handle:
+        assert b"\r\n" in handle.read(), "the cache holds the bucket's bytes"
+    monkeypatch.setenv("CRDS_PATH", roman_bucket.cache)
+    monkeypatch.setenv("CRDS_READONLY_CACHE", "1")
+    assert rmap_module.asmapping(cached, cached=False, ignore_checksum=False).header["name"] == name
+    edited = roman_bucket.sample.mappings[name].replace(b"WFI01", b"WFI02")  # its sha1sum now wrong
+    roman_bucket.sample.mappings[name] = edited
+    roman_bucket.put(f"mappings/roman/{name}", edited)
+    roman_bucket.publish_metadata({})
+    for ignore in ("0", "false", "maybe"):  # not true for crds either: it checks, so crds-job does
+        run = roman_bucket.run("roman", "ops", env=dict(roman_bucket.env(), CRDS_IGNORE_MAPPING_CHECKSUM=ignore))
+        assert run.returncode == ExitCode.BUCKET_CONTENT, (ignore, run.stderr)
+        assert "header sha1sum does not match" in only_error(run)
 
 
 def test_a_file_named_by_a_mapping_but_absent_from_the_metadata(roman_bucket):

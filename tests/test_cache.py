@@ -28,6 +28,16 @@ def test_layouts(tmp_path):
     assert flat.config_path("server_config") == str(tmp_path / "config/roman/server_config")
 
 
+def test_a_folder_outside_the_cache_is_refused_before_it_is_made(tmp_path):
+    """Names are checked before they become paths; this is the last guard, and it creates nothing."""
+    cache = Cache(str(tmp_path / "cache"), "roman", "instrument")
+    with pytest.raises(CacheError, match="is outside the cache"):
+        cache.ensure_folder(str(tmp_path / "cache" / "references" / ".." / ".." / "outside"))
+    assert not (tmp_path / "outside").exists()
+    cache.ensure_folder(str(tmp_path / "cache" / "references" / "roman" / "wfi"))
+    assert (tmp_path / "cache" / "references" / "roman" / "wfi").is_dir()
+
+
 def test_open_keeps_an_existing_layout_and_refuses_a_clash(tmp_path):
     assert Cache.open(str(tmp_path), "roman", None).mode == "flat"
     (tmp_path / "config/roman").mkdir(parents=True)

@@ -100,6 +100,28 @@ def test_wrong_header_checksum_kind_and_observatory_are_refused():
         mapping.parse("hst_cos_deadtab_0250.rmap", good, "roman")
 
 
+@pytest.mark.parametrize("instrument", ["../../outside", "..", "wfi/../../config", "/tmp/x", "", None, "w fi"])
+def test_an_instrument_that_is_not_a_name_is_refused(instrument):
+    """It becomes a folder of the cache (``--ref-subdir-mode instrument``): never a path."""
+    header = {} if instrument is None else {"instrument": instrument}
+    text = rmap("Match({('FUV',) : 'a.fits'})", **header)
+    if instrument is None:
+        text = text.replace("    'instrument' : 'COS',\n", "")
+        assert "instrument" not in text
+    with pytest.raises(mapping.MappingError, match="header 'instrument'"):
+        mapping.parse("hst_cos_deadtab_0250.rmap", text, "hst", check_header_sum=False)
+    assert mapping.parse("hst_cos_deadtab_0250.rmap", rmap("Match({('FUV',) : 'a.fits'})"), "hst").instrument == "cos"
+
+
+def test_line_ends_are_read_as_the_crds_client_reads_them_by_the_caller():
+    """The header checksum is of the text as crds reads a mapping (text mode): CRLF is LF."""
+    text = rmap("Match({('FUV',) : 'a.fits'})")
+    crlf = text.replace("\n", "\r\n")
+    with pytest.raises(mapping.MappingError, match="header sha1sum"):
+        mapping.parse("hst_cos_deadtab_0250.rmap", crlf, "hst")  # raw: the caller translates (warm)
+    assert mapping.parse("hst_cos_deadtab_0250.rmap", crlf.replace("\r\n", "\n"), "hst").children == ("a.fits",)
+
+
 def test_a_pmap_names_imaps_and_an_imap_names_rmaps_only():
     pmap = render_mapping({"mapping": "PIPELINE", "observatory": "ROMAN", "name": "roman_0001.pmap",
                            "parkey": ("X",), "derived_from": "x"}, "{'WFI' : 'roman_wfi_0001.imap', 'X': 'N/A'}")

@@ -53,6 +53,15 @@ def test_unknown_instrument_lists_the_known_ones():
         plan.build("hst_0001.pmap", MAPPINGS, METADATA, instruments=["nircam"])
 
 
+def test_an_imap_naming_another_instruments_rmap_is_a_bucket_error():
+    """Its references would be written into another instrument's folder of the cache."""
+    mappings = dict(MAPPINGS)
+    mappings["hst_wfpc2_flatfile_0001.rmap"] = mp("hst_wfpc2_flatfile_0001.rmap", "rmap", ["x1a1234bu.r4h"], "ACS")
+    with pytest.raises(BucketContentError, match="hst_wfpc2_0001.imap .instrument wfpc2. names "
+                                                 "hst_wfpc2_flatfile_0001.rmap, of instrument acs"):
+        plan.build("hst_0001.pmap", mappings, METADATA)
+
+
 def test_a_file_absent_from_the_metadata_is_a_bucket_error_naming_its_parent():
     metadata = dict(METADATA)
     del metadata["b_bia.fits"]
