@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import random
@@ -69,7 +70,9 @@ class ByteBudget:
             if future.done() and not future.cancelled():
                 self.release(amount)  # granted just as we were cancelled
             else:
-                self._waiters.remove((amount, future))
+                with contextlib.suppress(ValueError):  # a release() in between may have dropped it
+                    self._waiters.remove((amount, future))
+                self.release(0)  # the waiters it held back may fit now
             raise
 
     def release(self, amount: int) -> None:

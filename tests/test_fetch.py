@@ -48,6 +48,40 @@ def test_budget_is_first_come_first_served_and_never_overdrawn():
     asyncio.run(scenario())
 
 
+def test_a_waiter_cancelled_as_the_budget_is_released_stays_a_cancellation():
+    """A signal mid-warm cancels waiters; one dropped by a release in the same turn must not raise anew."""
+    async def scenario():
+        budget = ByteBudget(10)
+        await budget.acquire(10)
+        first = asyncio.ensure_future(budget.acquire(5))
+        second = asyncio.ensure_future(budget.acquire(5))
+        await asyncio.sleep(0)
+        first.cancel()  # its future is cancelled now; its handler runs next turn
+        budget.release(10)  # drops the cancelled future, grants the second
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError), results[0]
+        assert results[1] is None and budget.available == 5
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_waiter_lets_those_behind_it_through():
+    async def scenario():
+        budget = ByteBudget(10)
+        await budget.acquire(6)
+        big = asyncio.ensure_future(budget.acquire(8))
+        await asyncio.sleep(0)
+        small = asyncio.ensure_future(budget.acquire(2))  # fits, but queues behind big
+        await asyncio.sleep(0)
+        big.cancel()
+        await asyncio.gather(big, return_exceptions=True)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert small.done() and budget.available == 2, "woken when big left, not at the next release"
+
+    asyncio.run(scenario())
+
+
 def test_a_cancelled_waiter_gives_nothing_away():
     async def scenario():
         budget = ByteBudget(4)
