@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from . import launch, logs
 from . import settings as settings_module
+from .cache import disk_full
 from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
 from .settings import Settings
 from .warm import Outcome, warm
@@ -60,16 +61,21 @@ def run_warm(settings: Settings, log: object) -> Outcome:
 def write_env_file(path: str, text: str) -> None:
     """Write the env file atomically: a reader never sees half of it."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=".crds-job-env-")
+    temp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=folder, prefix=".crds-job-env-")
         with os.fdopen(handle, "w") as out:
             out.write(text)
         os.chmod(temp, 0o644)
         os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
+    except BaseException as exc:
+        if temp is not None and os.path.exists(temp):
             os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise disk_full(exc, path) or UsageError(
+                f"cannot write the env file {path}: {exc.strerror}",
+                "give --env-file a path the job may write, e.g. in the cache volume") from exc
         raise
 
 

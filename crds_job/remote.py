@@ -28,7 +28,7 @@ import botocore.exceptions
 import s3fs
 
 from .environments import Location
-from .errors import CrdsJobError, S3AccessError
+from .errors import CrdsJobError, S3AccessError, UsageError
 
 #: Most bytes taken from a response body at once (aiohttp hands over what it received, uncopied).
 READ_CHUNK = 8 * 2**20
@@ -170,7 +170,15 @@ class Bucket:
         # One SDK session for both: the credential chain is resolved once, and the
         # SDK's data files are loaded once.
         session = aiobotocore.session.AioSession()
-        source = await _credential_source(session)
+        try:
+            source = await _credential_source(session)
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise UsageError(f"AWS_PROFILE names the profile {exc.kwargs.get('profile')!r}, which no AWS config "
+                             "file defines", "set AWS_PROFILE to a profile of the AWS config files, or unset it"
+                             ) from None
+        except botocore.exceptions.BotoCoreError as exc:  # a credential process, SSO, a config file...
+            raise S3AccessError(f"the AWS SDK could not get credentials: {exc}",
+                                "check the job's AWS configuration (AWS_* variables, config files, role)") from None
         if source is None and not self.location.public:
             raise translate(botocore.exceptions.NoCredentialsError(), self.location.uri(""),
                             self.location, "none")

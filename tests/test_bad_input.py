@@ -80,6 +80,22 @@ def test_the_public_bucket_is_read_anonymously_without_credentials(s3, tmp_path)
     assert run.event("context resolved")["bucket"] == "s3://stpubdata/roman/crds/roman"
 
 
+def test_an_aws_profile_that_does_not_exist(roman_bucket):
+    run = roman_bucket.run("roman", "ops", env=dict(roman_bucket.env(), AWS_PROFILE="no-such-profile"))
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert "AWS_PROFILE names the profile 'no-such-profile', which no AWS config file defines" in only_error(run)
+    assert not any(f.startswith("references") for f in cache_files(roman_bucket.cache))
+
+
+def test_an_env_file_that_cannot_be_written(roman_bucket, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the env file's folder should be")
+    run = roman_bucket.run("roman", "ops", "--env-file", str(blocked / "crds-job.env"))
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert f"cannot write the env file {blocked / 'crds-job.env'}" in only_error(run)
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)  # the warm was done, its cache sound
+
+
 def test_a_bucket_that_does_not_exist(roman_bucket):
     run = roman_bucket.run("roman", "ops", CRDS_S3_BUCKET="no-such-crds-bucket")
     assert run.returncode == ExitCode.S3_ACCESS
