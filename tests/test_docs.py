@@ -56,3 +56,36 @@ def test_the_demo_warms_one_exposures_references_and_crds_finds_them_offline(tmp
     assert all(path.startswith(str(tmp_path / "cache")) and os.path.isfile(path) for path in refs.values())
     fetched = os.listdir(tmp_path / "cache" / "references" / "roman")
     assert sorted(fetched) == sorted(expected.values())  # only the exposure's references
+
+
+def test_serve_keeps_the_local_s3_up_until_ctrl_c_and_crds_job_runs_against_it(tmp_path):
+    """The README's ``python -m crds_job.sample serve``, with no terminal on stdin (as under a runner)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRDS", "AWS_"))}
+    server = subprocess.Popen([sys.executable, "-m", "crds_job.sample", "serve"], env=env, text=True,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        exports = {}
+        for line in server.stdout:
+            if line.startswith("export "):
+                name, _, value = line[len("export "):].strip().partition("=")
+                exports[name] = value
+            if line.startswith("crds-job --dry-run"):
+                break
+        assert "AWS_ENDPOINT_URL_S3" in exports, server.stderr.read() if server.poll() is not None else exports
+        dry = subprocess.run([sys.executable, "-m", "crds_job", "--dry-run", "roman", "ops"],
+                             env=dict(env, **exports, CRDS_PATH=str(tmp_path / "cache")),
+                             capture_output=True, text=True, timeout=120)
+        assert dry.returncode == 0, dry.stderr[-2000:]
+        assert json.loads(dry.stdout)["context"].startswith("roman_"), "the plan of the sample context"
+        assert server.poll() is None, "still serving"
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

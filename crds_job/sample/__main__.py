@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def serve(arguments: argparse.Namespace) -> int:
         sys.stdout.flush()
         try:
             while True:
-                os.pause() if hasattr(os, "pause") else input()
+                signal.pause()  # until Ctrl-C (SIGINT), whatever stdin is
         except KeyboardInterrupt:
             return 0
     finally:
