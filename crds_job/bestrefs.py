@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .datasets import is_url
 from .errors import BucketContentError, DatasetError, S3AccessError, UsageError
 
 #: Bytes per read of a remote dataset: headers are read, data blocks skipped.
@@ -57,6 +58,13 @@ _TODO = {
 }
 #: What a dataset found in the command (a guess) may be without stopping the warm: not a dataset.
 _SKIPPABLE = ("missing", "unreadable")
+
+
+def _skippable(answer: Mapping[str, Any]) -> bool:
+    """Whether a guessed dataset's failure says it is no input: absent, unreadable as one, or an
+    object S3 refuses, as it refuses a missing key (403, not 404) to a job that may not list the
+    bucket, typically an output bucket."""
+    return answer.get("error") in _SKIPPABLE or (answer.get("error") == "denied" and is_url(answer["dataset"]))
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,7 @@ async def choose(
                                  "pin another context, or pass --all-references")
     choices, skipped = [], []
     for one in answer["results"]:
-        if not strict and one.get("error") in _SKIPPABLE:
+        if not strict and _skippable(one):
             skipped.append(Skipped(one["dataset"], one["message"]))
         else:
             choices.append(_choice(one, context))

@@ -139,7 +139,8 @@ class FaultProxy:
             handler.send_header("Content-Type", "application/xml")
             handler.send_header("Content-Length", str(len(payload)))
             handler.end_headers()
-            handler.wfile.write(payload)
+            if handler.command != "HEAD":  # as S3: a HEAD answer has no body, even an error's
+                handler.wfile.write(payload)
             return
         upstream = http.client.HTTPConnection(*self._upstream, timeout=60)
         try:

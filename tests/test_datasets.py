@@ -334,6 +334,23 @@ def test_guesses_in_the_command_that_are_not_datasets_are_skipped(hst_bucket, hs
     assert outputs["arguments"] == [str(tmp_path / "out_cal.fits")]
 
 
+def test_a_guessed_output_url_s3_refuses_is_skipped_but_a_named_one_is_not(s3, hst_bucket, hst_datasets):
+    """Without s3:ListBucket, S3 answers a missing key with 403: for a guess, an output to be."""
+    output_url = f"s3://{hst_bucket.name}/outputs/x_cal.fits"
+    with FaultProxy(s3.endpoint) as proxy:
+        proxy.rules = [Rule("403", path="outputs/x_cal"), Rule("403", path="outputs/x_cal", method="HEAD")]
+        run = hst_bucket.run("hst", "ops", "--", "true", output_url, hst_datasets["ACS"],
+                             AWS_ENDPOINT_URL_S3=proxy.endpoint)
+        assert run.returncode == 0, run.stderr
+        skipped = [line["argument"] for line in
+                   run.events("a command argument named like a dataset is not one crds can read: skipped")]
+        assert skipped == [output_url]
+        expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+        assert references_in(hst_bucket.cache) == set(expected.values())
+        named = hst_bucket.run("hst", "ops", "--datasets", output_url, AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    assert named.returncode == ExitCode.S3_ACCESS, named.stderr  # named: meant, so its refusal stops the warm
+
+
 def test_when_no_guess_is_a_dataset_the_whole_context_is_warmed(hst_bucket, tmp_path):
     params = parameter_file(tmp_path)
     run = hst_bucket.run("hst", "ops", "--", "true", params)
