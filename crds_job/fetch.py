@@ -102,7 +102,7 @@ class Fetcher:
     ) -> None:
         self.bucket = bucket
         self.part_size = min(settings.part_size, settings.memory_budget)
-        self.retries = settings.retries
+        self.retries = max(1, settings.retries)  # at least the one attempt, whoever built the settings
         self.durability = durability  # which files are fsync'ed before their rename
         self.progress = progress
         self.log = log

@@ -47,10 +47,6 @@ def kind_of(name: str) -> str:
     return "reference"
 
 
-def is_mapping(name: str) -> bool:
-    return kind_of(name) != "reference"
-
-
 def geis_partner(name: str) -> str | None:
     """The data file that must accompany an HST GEIS header file, if ``name`` is one."""
     if _GEIS_HEADER.match(name):
