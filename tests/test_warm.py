@@ -183,6 +183,27 @@ def test_allow_fetch_exports_what_crds_s3_set_would(roman_bucket):
     assert "CRDS_READONLY_CACHE" not in env
 
 
+def test_the_command_takes_our_process_over_and_its_signals_are_its_own(roman_bucket):
+    """exec, not spawn-and-wait: the command has crds-job's pid, so a runner's SIGTERM reaches it."""
+    import signal
+
+    command = ("import os, signal, sys, time\n"
+               "signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))\n"
+               "print(os.getpid(), flush=True)\n"
+               "time.sleep(120)\n")
+    process = subprocess.Popen([sys.executable, "-m", "crds_job", "roman", "ops", "--", sys.executable, "-c", command],
+                               env=roman_bucket.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        printed = process.stdout.readline()
+        assert printed.strip() == str(process.pid), (printed, process.stderr.read() if not printed else "")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 42, "the command's own handler ran"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_env_file_hands_the_environment_to_a_later_container(roman_bucket, tmp_path):
     env_file = tmp_path / "shared" / "crds.env"
     run = roman_bucket.run("roman", "ops", "--env-file", str(env_file))
