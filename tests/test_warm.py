@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
 import structlog
 from conftest import Bucket, assert_cache_verified, cache_files, new_bucket
+from faults import FaultProxy
 
 from crds_job import remote
 from crds_job import settings as crds_settings
@@ -121,10 +124,20 @@ def test_instrument_layout(roman_bucket):
 def test_large_files_in_ranged_parts_arrive_intact(s3, tmp_path):
     big = lambda rng, name: 2_500_000 if name.endswith("1.asdf") else 10  # noqa: E731
     bucket = new_bucket(s3, context.roman(size=big), str(tmp_path / "cache"))
-    run = bucket.run("roman", "ops", "--part-size", "64KiB", "--memory-budget", "256KiB", "--concurrency", "4")
+    with FaultProxy(s3.endpoint) as proxy:  # no fault: it only records the requests
+        run = bucket.run("roman", "ops", "--part-size", "64KiB", "--memory-budget", "256KiB", "--concurrency", "4",
+                         AWS_ENDPOINT_URL_S3=proxy.endpoint)
     assert run.returncode == 0, run.stderr
     assert_cache_verified(bucket.cache, bucket.sample)
-    assert any(size == 2_500_000 for size in cache_files(bucket.cache).values())
+    large = [os.path.basename(path) for path, size in cache_files(bucket.cache).items() if size == 2_500_000]
+    assert large
+    for name in large:
+        spans = sorted(tuple(map(int, r.range.removeprefix("bytes=").split("-"))) for r in proxy.gets(re.escape(name)))
+        assert len(spans) == -(-2_500_000 // 65536), "one ranged GET per 64 KiB part"
+        assert spans[0][0] == 0 and spans[-1][1] == 2_500_000 - 1
+        assert all(end - start + 1 <= 65536 and nxt == end + 1 for (start, end), (nxt, _) in itertools.pairwise(spans))
+    small = [r for r in proxy.gets(r"\.asdf$") if not any(name in r.path for name in large)]
+    assert small and all(r.range is None for r in small), "a file within one part: one whole GET"
 
 
 def test_verify_existing_finds_and_replaces_a_corrupt_cached_file(roman_bucket):
