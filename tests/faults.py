@@ -67,6 +67,9 @@ class FaultProxy:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._in_flight: dict[int, int] = {}  # GETs being answered: bytes of each body (0 until known)
+        self.peak_gets = 0  # most GETs answered at once
+        self.peak_bytes = 0  # most body bytes of GETs answered at once
         parsed = urllib.parse.urlparse(self.upstream)
         self._upstream = (parsed.hostname, parsed.port)
         proxy = self
@@ -78,7 +81,12 @@ class FaultProxy:
                 pass
 
             def handle_one(self) -> None:
-                proxy._serve(self)
+                proxy._carry(self, 0)
+                try:
+                    proxy._serve(self)
+                finally:
+                    with proxy._lock:
+                        proxy._in_flight.pop(id(self), None)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = handle_one  # noqa: N815
 
@@ -110,6 +118,15 @@ class FaultProxy:
             return [r for r in self.records if r.fault]
 
     # ----- serving ---------------------------------------------------------------------------
+
+    def _carry(self, handler: http.server.BaseHTTPRequestHandler, size: int) -> None:
+        """Count ``handler``'s GET as in flight with a body of ``size`` bytes, and the peaks."""
+        if handler.command != "GET":
+            return
+        with self._lock:
+            self._in_flight[id(handler)] = size
+            self.peak_gets = max(self.peak_gets, len(self._in_flight))
+            self.peak_bytes = max(self.peak_bytes, sum(self._in_flight.values()))
 
     def _choose(self, method: str, path: str) -> Rule | None:
         with self._lock:
@@ -147,6 +164,7 @@ class FaultProxy:
             upstream.request(handler.command, handler.path, body=body, headers=dict(handler.headers))
             response = upstream.getresponse()
             data = response.read()
+            self._carry(handler, len(data))
             headers = response.getheaders()
             status = response.status
         finally:

@@ -12,7 +12,7 @@ import sys
 
 import structlog
 from conftest import Bucket, assert_cache_verified, cache_files, new_bucket
-from faults import FaultProxy
+from faults import FaultProxy, Rule
 
 from crds_job import remote
 from crds_job import settings as crds_settings
@@ -138,6 +138,20 @@ def test_large_files_in_ranged_parts_arrive_intact(s3, tmp_path):
         assert all(end - start + 1 <= 65536 and nxt == end + 1 for (start, end), (nxt, _) in itertools.pairwise(spans))
     small = [r for r in proxy.gets(r"\.asdf$") if not any(name in r.path for name in large)]
     assert small and all(r.range is None for r in small), "a file within one part: one whole GET"
+
+
+def test_bytes_in_flight_stay_within_the_memory_budget_and_requests_within_the_concurrency(s3, tmp_path):
+    """What keeps the peak RSS bounded whatever the file sizes: counted at the server's side."""
+    big = lambda rng, name: 2_500_000 if name.endswith("1.asdf") else 10  # noqa: E731
+    bucket = new_bucket(s3, context.roman(size=big), str(tmp_path / "cache"))
+    with FaultProxy(s3.endpoint) as proxy:
+        proxy.rules = [Rule("slow", path="references/", delay=0.05)]  # so that requests overlap
+        run = bucket.run("roman", "ops", "--part-size", "64KiB", "--memory-budget", "256KiB", "--concurrency", "6",
+                         AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    assert run.returncode == 0, run.stderr
+    assert_cache_verified(bucket.cache, bucket.sample)
+    assert proxy.peak_bytes <= 256 * 1024, proxy.peak_bytes
+    assert 2 <= proxy.peak_gets <= 6, proxy.peak_gets
 
 
 def test_verify_existing_finds_and_replaces_a_corrupt_cached_file(roman_bucket):
