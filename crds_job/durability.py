@@ -136,11 +136,15 @@ def _lock(path: str) -> int | None:
     return None
 
 
-async def _wait_for(path: str) -> int | None:
+async def _wait_for(path: str, log: Any) -> int | None:
     """The lock on journal ``path`` once whoever checks it lets go; None if they dropped it."""
+    said = False
     while (fd := _lock(path)) is None:
         if not os.path.exists(path):
             return None
+        if not said:  # a warm that seems stuck says why
+            log.info("waiting for another warm checking a journal", journal=os.path.basename(path))
+            said = True
         await asyncio.sleep(0.2)
     return fd
 
@@ -284,7 +288,7 @@ class Durability:
             elif self.boot is not None and name.startswith(self.boot + "."):
                 if writable and _age(path) > RETIRE_AFTER:
                     old.append(path)
-            elif (fd := await _wait_for(path)) is None:
+            elif (fd := await _wait_for(path, log)) is None:
                 continue  # another warm checked it meanwhile
             elif not writable:
                 os.close(fd)

@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from conftest import assert_cache_verified, run_job
+from conftest import Run, assert_cache_verified, parse_logs, run_job
 
 from crds_job import durability
 from crds_job.errors import ExitCode
@@ -180,14 +180,27 @@ def test_a_journal_being_checked_by_another_warm_is_waited_for(roman_bucket):
     assert roman_bucket.run("roman", "ops").returncode == 0
     as_another_boots(roman_bucket.cache)
     (held,) = [j for j in journals(roman_bucket.cache) if GAIN in named_by(j)]
-    # Another warm checking that journal: it finds GAIN bad, removes it, then the journal.
-    other = ("import fcntl, os, sys, time; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
-             "print('held', flush=True); time.sleep(1.5); os.unlink(sys.argv[2]); os.unlink(sys.argv[1])")
+    # Another warm checking that journal: it finds GAIN bad, removes it, then the journal; it goes
+    # on only once our warm says it waits, so the test does not depend on who is faster.
+    other = ("import fcntl, os, sys; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+             "print('held', flush=True); sys.stdin.readline(); os.unlink(sys.argv[2]); os.unlink(sys.argv[1])")
     gain = os.path.join(roman_bucket.cache, GAIN)
-    with subprocess.Popen([sys.executable, "-c", other, held, gain], stdout=subprocess.PIPE, text=True) as checker:
+    with subprocess.Popen([sys.executable, "-c", other, held, gain], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as checker:
         assert checker.stdout.readline().strip() == "held"
-        run = roman_bucket.run("roman", "ops")
+        with subprocess.Popen([sys.executable, "-m", "crds_job", "roman", "ops"], env=roman_bucket.env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as job:
+            lines = []
+            for line in job.stderr:
+                lines.append(line)
+                if '"event": "waiting for another warm checking a journal"' in line:
+                    assert os.path.basename(held) in line
+                    checker.stdin.write("go\n")
+                    checker.stdin.flush()
+            returncode = job.wait(timeout=120)
+    run = Run(returncode, "", "".join(lines), *parse_logs("".join(lines)))
     assert run.returncode == 0, run.stderr
+    assert run.event("waiting for another warm checking a journal")
     assert os.path.basename(held) not in {check["journal"] for check in run.events(CHECKED)}
     assert run.event("warmed")["files_fetched"] == 1, "GAIN, trusted only once the other check was done"
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
