@@ -112,4 +112,21 @@ def locate(
     bucket = bucket or default_bucket
     prefix = default_prefix if prefix is None else prefix
     prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+    other = _published_as(bucket, prefix)
+    if other is not None and other != (obs, env):
+        # Most likely left in the shell by ``source crds_s3_set <other pair>``: it would warm that pair's files.
+        raise UsageError(
+            f"the bucket asked for, s3://{bucket}{prefix} (CRDS_S3_BUCKET/CRDS_S3_PREFIX, or --bucket/--prefix), "
+            f"is STScI's cache of {' '.join(other)}, not of {obs} {env}",
+            f"unset CRDS_S3_BUCKET and CRDS_S3_PREFIX (crds_s3_set exports them), or ask for {' '.join(other)}",
+        )
     return Location(observatory=obs, environment=env, bucket=bucket, prefix=prefix)
+
+
+def _published_as(bucket: str, prefix: str) -> tuple[str, str] | None:
+    """The observatory/environment whose published cache is ``bucket`` and ``prefix``, if any."""
+    for obs, envs in ENVIRONMENTS.items():
+        for env in envs:
+            if default_location(obs, env) == (bucket, prefix):
+                return obs, env
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crds_job.environments import locate
+from crds_job.environments import default_location, locate
 from crds_job.errors import UsageError
 
 
@@ -36,6 +36,21 @@ def test_private_mirror_overrides_bucket_and_prefix():
     where = locate("roman", "ops", bucket="my-mirror", prefix="crds/roman/")
     assert (where.bucket, where.prefix) == ("my-mirror", "/crds/roman")
     assert locate("hst", "ops", prefix="").prefix == ""
+
+
+@pytest.mark.parametrize("asked, bucket, prefix, published", [
+    (("roman", "test"), "stpubdata", "/roman/crds", "roman ops"),  # crds_s3_set roman ops, then roman test
+    (("hst", "ops"), "stpubdata", "/roman/crds", "roman ops"),
+    (("roman", "int"), "stpubdata-tst", "/roman/crds/test", "roman test"),
+    (("hst", "test"), "hst-crds-cache-ops", "", "hst ops"),
+])
+def test_another_pairs_published_bucket_is_refused(asked, bucket, prefix, published):
+    """What ``crds_s3_set`` left in the shell must not make crds-job warm another pair's files."""
+    with pytest.raises(UsageError, match=f"is STScI's cache of {published}, not of {' '.join(asked)}"):
+        locate(*asked, bucket, prefix)
+    # The pair's own bucket, given explicitly, and a private mirror are fine.
+    assert locate(*asked, *default_location(*asked)).bucket
+    assert locate(*asked, "my-mirror", prefix).bucket == "my-mirror"
 
 
 def test_jwst_is_refused_with_the_reason():
