@@ -52,6 +52,11 @@ def containers(job):
     return spec.get("initContainers", []) + spec["containers"]
 
 
+def runs_crds_job(container) -> bool:
+    """Whether the container's image is one of crds-job's (whatever its tag)."""
+    return container["image"].split(":")[0] in CRDS_JOB_IMAGES
+
+
 def env_value(container, name):
     return next((e["value"] for e in container.get("env", []) if e["name"] == name), None)
 
@@ -110,7 +115,7 @@ def test_crds_job_writes_where_the_cache_volume_is_mounted_writable(rendered):
     _, objects = rendered
     for job in jobs(objects):
         for container in containers(job):
-            if container["image"].split(":")[0] not in CRDS_JOB_IMAGES:
+            if not runs_crds_job(container):
                 continue
             mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
             cache = env_value(container, CACHE_ENV)
@@ -223,12 +228,12 @@ def test_production_defaults(rendered):
             assert security["capabilities"]["drop"] == ["ALL"]
             assert container["resources"]["limits"]["memory"]
         rules = spec.get("podFailurePolicy", {}).get("rules", [])
-        if any(c["image"].split(":")[0] in CRDS_JOB_IMAGES for c in containers(job)):
+        if any(runs_crds_job(c) for c in containers(job)):
             assert rules, "crds-job's final exit codes end the Job (or the index) at once"
         for rule in rules:
             assert rule["action"] == ("FailIndex" if spec.get("completionMode") == "Indexed" else "FailJob")
             assert sorted(rule["onExitCodes"]["values"]) == sorted(int(c) for c in errors.FINAL)
-            names = {c["name"] for c in containers(job) if c["image"].split(":")[0] in CRDS_JOB_IMAGES}
+            names = {c["name"] for c in containers(job) if runs_crds_job(c)}
             assert rule["onExitCodes"]["containerName"] in names
 
 

@@ -121,9 +121,14 @@ def test_instrument_layout(roman_bucket):
     assert roman_bucket.run("roman", "ops").event("warmed")["files_fetched"] == 0, "the cache keeps its layout"
 
 
-def test_large_files_in_ranged_parts_arrive_intact(s3, tmp_path):
+def large_files_bucket(s3, tmp_path) -> Bucket:
+    """A context whose references ending in 1 are 2.5 MB, the rest 10 bytes: many parts beside whole files."""
     big = lambda rng, name: 2_500_000 if name.endswith("1.asdf") else 10  # noqa: E731
-    bucket = new_bucket(s3, context.roman(size=big), str(tmp_path / "cache"))
+    return new_bucket(s3, context.roman(size=big), str(tmp_path / "cache"))
+
+
+def test_large_files_in_ranged_parts_arrive_intact(s3, tmp_path):
+    bucket = large_files_bucket(s3, tmp_path)
     with FaultProxy(s3.endpoint) as proxy:  # no fault: it only records the requests
         run = bucket.run("roman", "ops", "--part-size", "64KiB", "--memory-budget", "256KiB", "--concurrency", "4",
                          AWS_ENDPOINT_URL_S3=proxy.endpoint)
@@ -142,8 +147,7 @@ def test_large_files_in_ranged_parts_arrive_intact(s3, tmp_path):
 
 def test_bytes_in_flight_stay_within_the_memory_budget_and_requests_within_the_concurrency(s3, tmp_path):
     """What keeps the peak RSS bounded whatever the file sizes: counted at the server's side."""
-    big = lambda rng, name: 2_500_000 if name.endswith("1.asdf") else 10  # noqa: E731
-    bucket = new_bucket(s3, context.roman(size=big), str(tmp_path / "cache"))
+    bucket = large_files_bucket(s3, tmp_path)
     with FaultProxy(s3.endpoint) as proxy:
         proxy.rules = [Rule("slow", path="references/", delay=0.05)]  # so that requests overlap
         run = bucket.run("roman", "ops", "--part-size", "64KiB", "--memory-budget", "256KiB", "--concurrency", "6",
