@@ -10,6 +10,7 @@ A private mirror overrides bucket and prefix (``CRDS_S3_BUCKET`` /
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -29,6 +30,11 @@ WITHOUT_S3 = {
 #: Buckets anyone may read: without credentials they are read unsigned, as
 #: ``crds_s3_get`` does with ``--no-sign-request`` for this bucket.
 PUBLIC_BUCKETS = frozenset({"stpubdata"})
+
+
+#: A bucket name as the AWS SDK accepts one (S3's rules, with legacy names' capitals and
+#: underscores): refused here as a usage error, not later as a malformed request.
+BUCKET_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 
 def server_url(observatory: str) -> str:
@@ -110,6 +116,9 @@ def locate(
         )
     default_bucket, default_prefix = default_location(obs, env)
     bucket = bucket or default_bucket
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise UsageError(f"{bucket!r} (CRDS_S3_BUCKET or --bucket) is not an S3 bucket name",
+                         "give the bucket's name alone (letters, digits, '.', '-', '_'), without s3:// or a key")
     prefix = default_prefix if prefix is None else prefix
     prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
     other = _published_as(bucket, prefix)

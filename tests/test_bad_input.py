@@ -38,6 +38,8 @@ def only_error(run) -> str:
     (["roman", "prod"], ExitCode.USAGE, "unknown environment 'prod' for roman; use one of: ops, test, int, dev"),
     (["jwst", "ops"], ExitCode.USAGE, "STScI hosts no S3 bucket for JWST"),
     (["roman", "ops", "--context", "roman-2024-01-01"], ExitCode.USAGE, "date-based context"),
+    (["roman", "ops", "--bucket", "s3://my-mirror/crds"], ExitCode.USAGE,
+     "'s3://my-mirror/crds' (CRDS_S3_BUCKET or --bucket) is not an S3 bucket name"),
 ])
 def test_usage_errors(roman_bucket, args, code, words):
     run = roman_bucket.run(*args)
@@ -291,3 +293,4 @@ def test_running_out_of_space_mid_write_leaves_no_partial_file(roman_bucket):
         assert not name.startswith("."), f"temp file left: {path}"
         if name in meta:
             assert digest == meta[name]["sha1sum"], f"{path} is not the bucket's file"
+

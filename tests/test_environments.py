@@ -53,6 +53,18 @@ def test_another_pairs_published_bucket_is_refused(asked, bucket, prefix, publis
     assert locate(*asked, "my-mirror", prefix).bucket == "my-mirror"
 
 
+@pytest.mark.parametrize("bucket", ["s3://my-mirror", "my-mirror/crds", "my mirror", "x" * 256])
+def test_a_bucket_that_is_not_a_bucket_name_is_a_usage_error(bucket):
+    """Refused before any request: the SDK's own refusal would surface as a bug of ours (exit 70)."""
+    with pytest.raises(UsageError, match="is not an S3 bucket name"):
+        locate("roman", "ops", bucket)
+
+
+def test_legacy_bucket_names_and_an_empty_override_are_accepted():
+    assert locate("roman", "ops", "Legacy_Bucket.name-1").bucket == "Legacy_Bucket.name-1"
+    assert locate("roman", "ops", "").bucket == "stpubdata"  # empty: the published bucket
+
+
 def test_jwst_is_refused_with_the_reason():
     with pytest.raises(UsageError, match="STScI hosts no S3 bucket for JWST"):
         locate("jwst", "ops")
