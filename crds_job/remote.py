@@ -69,6 +69,24 @@ _TRANSPORT_ERRORS = (
 )
 
 
+#: What reading S3 can raise beyond our control (s3fs turns most server answers into
+#: OSError). Anything else from a read is a bug of ours, exit 70, never a
+#: retryable S3 error: a retry cannot fix it, and the job runner would retry it.
+S3_FAILURES: tuple[type[BaseException], ...] = (
+    botocore.exceptions.ClientError,
+    botocore.exceptions.BotoCoreError,
+    *_TRANSPORT_ERRORS,
+    OSError,
+)
+#: BotoCoreErrors that mean the request we built is wrong: bugs, not S3 failures.
+_OUR_REQUEST_ERRORS = (botocore.exceptions.ParamValidationError,)
+
+
+def s3_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is S3's or the network's doing rather than crds-job's."""
+    return isinstance(exc, S3_FAILURES) and not isinstance(exc, _OUR_REQUEST_ERRORS)
+
+
 def _in_chain(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
     """The first exception of ``types`` in ``exc``'s cause/context chain."""
     seen = set()
@@ -237,7 +255,9 @@ class Bucket:
                 return [chunk async for chunk in body.iter_chunks(READ_CHUNK)]
             finally:
                 body.close()
-        except Exception as exc:  # every S3 failure becomes one clear error
+        except Exception as exc:  # every S3 failure becomes one clear error; a bug stays one
+            if not s3_failure(exc):
+                raise
             raise translate(exc, self.location.uri(area, name), self.location, self.credentials) from exc
 
     async def list_names(self, area: str, suffix: str) -> list[str]:
@@ -246,5 +266,7 @@ class Bucket:
         try:
             listing = await self.fs._ls(folder, detail=False, refresh=True)
         except Exception as exc:
+            if not s3_failure(exc):
+                raise
             raise translate(exc, self.location.uri(area), self.location, self.credentials) from exc
         return sorted(path.rsplit("/", 1)[-1] for path in listing if path.endswith(suffix))

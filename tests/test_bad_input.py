@@ -294,3 +294,23 @@ def test_running_out_of_space_mid_write_leaves_no_partial_file(roman_bucket):
         if name in meta:
             assert digest == meta[name]["sha1sum"], f"{path} is not the bucket's file"
 
+
+def test_a_bug_is_exit_70_with_its_traceback_and_leaves_nothing_unverified(roman_bucket):
+    """A failure crds-job does not understand is not passed off as S3's (69, which runners retry)."""
+    assert roman_bucket.run("roman", "ops", "--context", "roman_0050.pmap").returncode == 0
+    broken = ("import sys, s3fs\n"
+              "async def broken(self, *args, **kwargs):\n"
+              "    raise TypeError('a bug beneath the warm')\n"
+              "s3fs.S3FileSystem._call_s3 = broken\n"  # the library's request method, not ours
+              "sys.argv[0] = 'crds-job'\n"
+              "from crds_job.cli import console_main\n"
+              "console_main()\n")
+    done = subprocess.run([sys.executable, "-c", broken, "roman", "ops"], env=roman_bucket.env(),
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    run = Run(done.returncode, done.stdout, done.stderr, *parse_logs(done.stderr))
+    assert run.returncode == ExitCode.INTERNAL, run.stderr
+    assert run.stdout == "" and not run.foreign
+    (error,) = run.errors
+    assert error["event"] == "internal error" and error["error"] == "TypeError"
+    assert "Traceback" in error["exception"] and "a bug beneath the warm" in error["exception"]
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
