@@ -28,7 +28,7 @@ import botocore.exceptions
 import s3fs
 
 from .environments import Location
-from .errors import CrdsJobError, S3AccessError, UsageError
+from .errors import BucketContentError, CrdsJobError, S3AccessError, UsageError
 
 #: Most bytes taken from a response body at once (aiohttp hands over what it received, uncopied).
 READ_CHUNK = 8 * 2**20
@@ -49,6 +49,10 @@ class Transient(S3AccessError):
 
 class Missing(S3AccessError):
     """The object is not in the bucket."""
+
+
+class Oversized(BucketContentError):
+    """The object is larger than anything the job expects under its name: not read at all."""
 
 
 class BodyCorrupt(S3AccessError):
@@ -170,6 +174,24 @@ async def _credential_source(session: aiobotocore.session.AioSession) -> str | N
     return str(getattr(credentials, "method", "unknown"))
 
 
+async def _at_most(body: Any, most: int, announced: int | None, uri: str) -> list[bytes]:
+    """A body's chunks, refused as ``Oversized`` once it is (or says it is) over ``most`` bytes."""
+
+    def refuse(size: str) -> Oversized:
+        return Oversized(f"{uri} is {size} bytes, over the {most} any such object could be",
+                         "the bucket holds something else under this name: fix or replace the object")
+
+    if announced is not None and announced > most:
+        raise refuse(str(announced))
+    chunks, held = [], 0
+    async for chunk in body.iter_chunks(READ_CHUNK):
+        held += len(chunk)
+        if held > most:  # no length announced, or not the one announced
+            raise refuse(f"more than {most}")
+        chunks.append(chunk)
+    return chunks
+
+
 class Bucket:
     """Async reads of one observatory/environment's objects.
 
@@ -228,12 +250,15 @@ class Bucket:
         assert self._fs is not None, "use Bucket as an async context manager"
         return self._fs
 
-    async def read(self, area: str, name: str, start: int | None = None, end: int | None = None) -> bytes:
+    async def read(
+        self, area: str, name: str, start: int | None = None, end: int | None = None, most: int | None = None
+    ) -> bytes:
         """The bytes of ``name`` in ``area`` (``[start, end)`` if given), in one piece, checked by the SDK."""
-        return b"".join(await self.read_chunks(area, name, start, end, checked=True))
+        return b"".join(await self.read_chunks(area, name, start, end, checked=True, most=most))
 
     async def read_chunks(
-        self, area: str, name: str, start: int | None = None, end: int | None = None, checked: bool = False
+        self, area: str, name: str, start: int | None = None, end: int | None = None, checked: bool = False,
+        most: int | None = None,
     ) -> list[bytes]:
         """The bytes of ``name`` in ``area`` (``[start, end)`` if given), as the socket delivered them.
 
@@ -241,9 +266,12 @@ class Bucket:
         which is most of a large file's cost here beyond the transfer itself.
         ``checked``: the SDK validates the checksum the server stores with the
         object, where it has one for the bytes asked (whole objects, not ranges);
-        a damaged body raises ``BodyCorrupt``.
+        a damaged body raises ``BodyCorrupt``. ``most``: a body longer than
+        this raises ``Oversized`` before it is held in memory (an object whose
+        size nothing published, e.g. the bucket's config).
         """
         path = self.location.path(area, name)
+        uri = self.location.uri(area, name)
         bucket, key, _ = self.fs.split_path(path)
         params = {} if start is None or end is None else {"Range": f"bytes={start}-{end - 1}"}
         if checked:
@@ -252,13 +280,15 @@ class Bucket:
             response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **params)
             body = response["Body"]
             try:
-                return [chunk async for chunk in body.iter_chunks(READ_CHUNK)]
+                if most is None:
+                    return [chunk async for chunk in body.iter_chunks(READ_CHUNK)]
+                return await _at_most(body, most, response.get("ContentLength"), uri)
             finally:
                 body.close()
         except Exception as exc:  # every S3 failure becomes one clear error; a bug stays one
             if not s3_failure(exc):
                 raise
-            raise translate(exc, self.location.uri(area, name), self.location, self.credentials) from exc
+            raise translate(exc, uri, self.location, self.credentials) from exc
 
     async def list_names(self, area: str, suffix: str) -> list[str]:
         """Names in ``area`` ending with ``suffix`` (e.g. the contexts still in the bucket)."""

@@ -121,7 +121,8 @@ class _Warm:
 
     async def read_config(self) -> server_config.ServerConfig:
         entry = plan.Entry(name=server_config.NAME, kind="config", size=-1, sha1="")
-        data = await self.fetcher.with_retries(entry, lambda: self.bucket.read("config", server_config.NAME))
+        data = await self.fetcher.with_retries(entry, lambda: self.bucket.read(
+            "config", server_config.NAME, most=server_config.MAX_CONFIG_BYTES))
         return server_config.parse(data, self.bucket.location.observatory)
 
     async def context_absent(self, context: str, pinned: bool) -> Exception:

@@ -110,6 +110,16 @@ def test_an_unreachable_endpoint(roman_bucket):
     assert "S3 kept failing" in only_error(run)
 
 
+def test_a_server_config_too_large_to_be_one_is_refused_unread(roman_bucket):
+    from crds_job.server_config import MAX_CONFIG_BYTES
+
+    roman_bucket.put("config/roman/server_config", b" " * (MAX_CONFIG_BYTES + 1))
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.BUCKET_CONTENT
+    assert f"is {MAX_CONFIG_BYTES + 1} bytes, over the {MAX_CONFIG_BYTES} any such object could be" in only_error(run)
+    assert not os.path.exists(roman_bucket.cache)
+
+
 def test_a_malformed_server_config(roman_bucket):
     roman_bucket.put("config/roman/server_config", b"{'observatory': 'roman', 'latest_context': print('x')}")
     run = roman_bucket.run("roman", "ops")

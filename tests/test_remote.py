@@ -17,7 +17,7 @@ def location(roman_bucket, monkeypatch):
     return locate("roman", "ops", roman_bucket.name, roman_bucket.prefix)
 
 
-def read(location, name: str, failure: BaseException | None = None) -> list[bytes]:
+def read(location, name: str, failure: BaseException | None = None, most: int | None = None) -> list[bytes]:
     """Read ``name`` from the real server; with ``failure``, the library beneath us raises it instead."""
 
     async def scenario() -> list[bytes]:
@@ -27,7 +27,7 @@ def read(location, name: str, failure: BaseException | None = None) -> list[byte
                     raise failure
 
                 bucket.fs._call_s3 = broken  # s3fs's request method, on this one filesystem
-            return await bucket.read_chunks("mappings", name)
+            return await bucket.read_chunks("mappings", name, most=most)
 
     return asyncio.run(scenario())
 
@@ -68,3 +68,32 @@ def test_a_request_the_sdk_refuses_to_send_is_a_bug(location):
 
     with pytest.raises(botocore.exceptions.ParamValidationError):
         read(location, "roman_0051.pmap", botocore.exceptions.ParamValidationError(report="bad Key"))
+
+
+def test_a_body_over_the_most_expected_is_refused_unread(location, roman_bucket):
+    size = len(roman_bucket.sample.mappings["roman_0051.pmap"])
+    assert b"".join(read(location, "roman_0051.pmap", most=size)) == roman_bucket.sample.mappings["roman_0051.pmap"]
+    with pytest.raises(remote.Oversized, match=f"roman_0051.pmap is {size} bytes, over the {size - 1} ") as caught:
+        read(location, "roman_0051.pmap", most=size - 1)
+    assert caught.value.exit_code == 65
+
+
+class UnannouncedBody:
+    """A body whose length no header gave (or gave wrong): only the bytes themselves can be counted."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.taken = 0
+
+    async def iter_chunks(self, size: int):
+        for chunk in self.chunks:
+            self.taken += 1
+            yield chunk
+
+
+def test_a_body_without_its_length_is_refused_once_it_passes_the_most():
+    body = UnannouncedBody([b"x" * 10] * 100)
+    with pytest.raises(remote.Oversized, match="s3://b/k is more than 25 bytes"):
+        asyncio.run(remote._at_most(body, 25, None, "s3://b/k"))
+    assert body.taken == 3, "no chunk read past the one that crossed the bound"
+    assert asyncio.run(remote._at_most(UnannouncedBody([b"x" * 10] * 2), 25, None, "s3://b/k")) == [b"x" * 10] * 2
