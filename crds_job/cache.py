@@ -12,8 +12,9 @@ the lock: its writer holds an exclusive ``flock`` on it, so several processes
 (or pods sharing a volume) never write the same file at once, a waiting one
 takes over a temp file whose writer died, and a stale temp file left by a
 killed job is removed by the next run. ``flock`` is honoured across NFSv4/EFS
-clients; on a volume mounted without locking, files are still never corrupt,
-but two writers may both download the same file.
+clients. On a volume mounted without locks across nodes (``nolock``) two
+writers share one temp file and can corrupt it: the README says to let one
+warm fill such a cache.
 """
 
 from __future__ import annotations
@@ -226,6 +227,17 @@ def _try_lock(final: str) -> Claim | None:
     return Claim(fd=fd, temp=temp, final=final)
 
 
+def _fill(claim: Claim, data: bytes, fsync: bool) -> None:
+    """Write small ``data`` through ``claim`` and move it into place."""
+    try:
+        claim.append([data], flush_early=False)
+    except OSError as exc:
+        claim.release()
+        raise disk_full(exc, claim.final) or CacheError(f"cannot write {claim.final}: {exc.strerror}",
+                                                        "check the cache volume") from exc
+    claim.commit(fsync)
+
+
 class Cache:
     """One observatory's part of a CRDS cache directory."""
 
@@ -277,6 +289,24 @@ class Cache:
                 "drop --ref-subdir-mode / CRDS_REF_SUBDIR_MODE or use another cache directory",
             )
         return cls(root, observatory, existing or requested_mode or DEFAULT_MODE)
+
+    async def settle_layout(self, requested_mode: str | None, fsync: bool) -> Cache:
+        """The cache in the layout it is to have, written down before any reference is.
+
+        Written first, under the mode file's lock, rather than with the rest
+        of the config at the end: two first warms of one empty cache would
+        otherwise each fill it in the layout it asked for. The first to write
+        it decides; the other adopts it, or is refused if it asked for another.
+        """
+        final = self.config_path(MODE_FILE)
+        claim = await self.claim(final)
+        try:
+            settled = Cache.open(self.root, self.observatory, requested_mode)
+            if self.existing_mode(self.root, self.observatory) is None:
+                _fill(claim, settled.mode.encode("utf-8"), fsync)
+        finally:
+            claim.release()  # a no-op once committed
+        return settled
 
     def writable(self) -> bool:
         """False when the cache is on a read-only mount or not ours to write."""
@@ -352,13 +382,7 @@ class Cache:
         claim = _try_lock(final)
         if claim is None:
             return False
-        try:
-            claim.append([data], flush_early=False)
-        except OSError as exc:
-            claim.release()
-            raise disk_full(exc, final) or CacheError(f"cannot write {final}: {exc.strerror}",
-                                                      "check the cache volume") from exc
-        claim.commit(fsync)
+        _fill(claim, data, fsync)
         return True
 
     def stale_temps(self) -> Iterator[str]:

@@ -374,6 +374,10 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         else:  # every guess in the command was something else: nothing says what to narrow to
             log.info("no dataset among the command's arguments: warming the whole context")
             selection = datasets.Selection((), "none", selection.not_found)
+    if job.writable:  # before any reference is looked for or written: another first warm may be filling
+        # the cache in another layout. Not sooner: a warm that fails on the bucket's content leaves no trace.
+        job.cache = cache = await cache.settle_layout(
+            settings.ref_subdir_mode, job.durability.needs_fsync(cache.config_path(MODE_FILE)))
     to_fetch, corrupt = await job.survey(the_plan.references)
     to_fetch = list(job.unwritten) + to_fetch
     unchecked = [entry.name for entry in the_plan.entries if not entry.sha1]

@@ -50,6 +50,20 @@ def test_open_keeps_an_existing_layout_and_refuses_a_clash(tmp_path):
         Cache.open(str(tmp_path), "roman", None)
 
 
+def test_the_first_warm_to_settle_a_new_caches_layout_decides_it(tmp_path):
+    """Two first warms opened the empty cache, each in the layout it asked for: only one layout stays."""
+    root = str(tmp_path / "cache")
+    instrument, flat, either = (Cache.open(root, "roman", mode) for mode in ("instrument", "flat", None))
+    assert (instrument.mode, flat.mode, either.mode) == ("instrument", "flat", "flat")
+    assert asyncio.run(instrument.settle_layout("instrument", fsync=True)).mode == "instrument"
+    assert (tmp_path / "cache/config/roman/ref_cache_subdir_mode").read_text() == "instrument"
+    with pytest.raises(CacheError, match="organised 'instrument', but 'flat' was asked for"):
+        asyncio.run(flat.settle_layout("flat", fsync=True))
+    assert asyncio.run(either.settle_layout(None, fsync=False)).mode == "instrument", "adopted"
+    assert (tmp_path / "cache/config/roman/ref_cache_subdir_mode").read_text() == "instrument"
+    assert not [name for name in os.listdir(tmp_path / "cache/config/roman") if name.startswith(".")]
+
+
 def test_a_held_claim_excludes_other_writers_and_commit_is_atomic(tmp_path):
     c = Cache(str(tmp_path), "roman", "flat")
     final = c.path(REF)

@@ -295,6 +295,27 @@ def test_concurrent_writers_download_each_file_once(s3, tmp_path, proxy):
     assert fetched == plan["mappings"] + plan["references"], "between them, every file was fetched once"
 
 
+def test_a_second_first_warm_in_another_layout_is_refused_not_mixed_in(s3, tmp_path, proxy):
+    """The layout is on disk before any reference: a warm asking another one stops, one asking none adopts it."""
+    bucket = slow_bucket(s3, tmp_path)
+    proxy.rules = [Rule("slow", path="references/", delay=0.3)]
+    env = through(bucket, proxy)
+    first = start(bucket, env, "--ref-subdir-mode", "instrument", "--concurrency", "4")
+    lines = wait_for_event(first, "plan")
+    with open(os.path.join(bucket.cache, "config", "roman", "ref_cache_subdir_mode")) as handle:
+        assert handle.read() == "instrument", "written before the references"
+    other = bucket.run("roman", "ops", "--ref-subdir-mode", "flat", env=env)
+    assert other.returncode == ExitCode.CACHE
+    assert "is organised 'instrument', but 'flat' was asked for" in other.errors[0]["event"]
+    adopting = bucket.run("roman", "ops", env=env)  # its references, if flat, would be found below
+    assert adopting.returncode == 0, adopting.stderr
+    assert finish(first, lines).returncode == 0
+    assert_cache_verified(bucket.cache, bucket.sample)
+    flat = [f for f in os.listdir(os.path.join(bucket.cache, "references", "roman"))
+            if os.path.isfile(os.path.join(bucket.cache, "references", "roman", f))]
+    assert not flat, f"references outside the instrument folders: {flat[:3]}"
+
+
 # ----- read-only and hostile caches ------------------------------------------------------------------
 
 @pytest.mark.skipif(not READ_ONLY_MOUNTS, reason="needs user+mount namespaces (unshare -rm) for a read-only bind mount")
