@@ -139,7 +139,8 @@ def translate(exc: BaseException, uri: str, location: Location, credentials: str
     if code in ("AccessDenied", "403", "AllAccessDisabled") or isinstance(exc, PermissionError):
         return S3AccessError(
             f"access denied reading {uri} (credentials: {credentials})",
-            f"grant s3:GetObject and s3:ListBucket on {location.uri('')} to the job's role",
+            f"grant s3:GetObject and s3:ListBucket on {location.uri('')} to the job's role (S3 also answers "
+            "403, not 404, for a missing object when the role may not list where it would be)",
         )
     if code == "NoSuchBucket":
         return S3AccessError(
