@@ -3,17 +3,43 @@
 stdout belongs to the calibration command (and to ``--dry-run``'s plan), so
 every log line, ours or a library's (botocore, s3fs, aiohttp), goes to stderr
 through the same renderer: a log collector sees one JSON object per line.
+
+Logs are shipped (CloudWatch, a cluster's collector) and read by more people
+than the job's credentials are meant for. At ``debug`` the AWS SDK logs each
+signed request, session token included, and the answers of STS: every line,
+ours or a library's, has credentials redacted before it is rendered.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+#: A credential wherever the AWS SDK's debug lines may carry one: signed headers, presigned
+#: query strings, canonical requests, STS answers, credential process output.
+_CREDENTIAL = re.compile(
+    r"(?i)((?:x-amz-security-token|(?:aws_)?session_?token|(?:aws_)?secret_?access_?key|signature|credential)"
+    r"(?:['\"]?\s*[:=]\s*b?['\"]?|>))[^\s'\",<&]+"
+)
+REDACTED = "[redacted]"
+#: Loggers whose debug lines are only signing arithmetic, credentials in every one.
+_SIGNING_LOGGERS = ("botocore.auth",)
+
+
+def redact_text(text: str) -> str:
+    return _CREDENTIAL.sub(lambda match: match.group(1) + REDACTED, text)
+
+
+def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: no credential reaches a log line, whoever logged it."""
+    return {key: redact_text(value) if isinstance(value, str) else value for key, value in event.items()}
 
 
 def configure(log_format: str = "json", level: str = "info") -> None:
@@ -29,20 +55,22 @@ def configure(log_format: str = "json", level: str = "info") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact, renderer],
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Libraries speak only when something is wrong, unless we are debugging.
     root.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    for name in _SIGNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def get_logger(**context: Any) -> Any:

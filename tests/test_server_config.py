@@ -71,9 +71,11 @@ def test_oversized_config_is_refused_before_parsing(monkeypatch):
 @pytest.mark.parametrize("requested, expected", [
     (None, "roman_0051.pmap"), ("latest", "roman_0051.pmap"), ("roman-operational", "roman_0051.pmap"),
     ("roman-latest", "roman_0051.pmap"), ("roman-edit", "roman_0049.pmap"), ("roman_0042.pmap", "roman_0042.pmap"),
+    ("roman-versions", "roman_0048.pmap"),
 ])
 def test_context_resolution_follows_the_client(requested, expected):
-    parsed = server_config.parse(config_bytes(edit_context="roman_0049.pmap"), "roman")
+    parsed = server_config.parse(config_bytes(edit_context="roman_0049.pmap", versions_context="roman_0048.pmap"),
+                                 "roman")
     assert server_config.resolve_context(requested, parsed) == expected
 
 

@@ -188,7 +188,8 @@ def test_the_command_replaces_us_with_the_crds_environment(roman_bucket):
     show = ("import json, os, sys; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('CRDS')}));"
             "sys.exit(3)")
     run = roman_bucket.run("roman", "ops", "--", sys.executable, "-c", show,
-                           CRDS_CONFIG_URI="s3://elsewhere/config", CRDS_MODE="s3", CRDS_REFPATH="/elsewhere")
+                           CRDS_CONFIG_URI="s3://elsewhere/config", CRDS_MODE="s3", CRDS_REFPATH="/elsewhere",
+                           CRDS_MAPPATH="/elsewhere/m", CRDS_CFGPATH="/elsewhere/c", CRDS_PATH_SINGLE="/elsewhere")
     assert run.returncode == 3, "the command's own exit code"
     env = json.loads(run.stdout)
     assert env["CRDS_PATH"] == roman_bucket.cache
@@ -196,7 +197,8 @@ def test_the_command_replaces_us_with_the_crds_environment(roman_bucket):
     assert env["CRDS_OBSERVATORY"] == "roman"
     assert env["CRDS_SERVER_URL"] == "https://roman-crds-serverless.stsci.edu"
     assert env["CRDS_READONLY_CACHE"] == "1"
-    for gone in ("CRDS_CONFIG_URI", "CRDS_MODE", "CRDS_S3_BUCKET", "CRDS_S3_PREFIX", "CRDS_REFPATH"):
+    for gone in ("CRDS_CONFIG_URI", "CRDS_MODE", "CRDS_S3_BUCKET", "CRDS_S3_PREFIX", "CRDS_REFPATH",
+                 "CRDS_MAPPATH", "CRDS_CFGPATH", "CRDS_PATH_SINGLE"):
         assert gone not in env, f"{gone} would send crds off the cache"
     assert run.event("exec")["offline"] is True
 

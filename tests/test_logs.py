@@ -1,0 +1,61 @@
+"""Log lines: the level asked for, and never a credential, whoever logs it."""
+
+from __future__ import annotations
+
+import pytest
+
+from crds_job.logs import REDACTED, redact_text
+
+KEY_ID, SECRET, TOKEN = "AKIAKEYID1234567", "wJalrXUtnFEMIK7MDENGbPxRfiCYSECRET", "IQoJb3JpZ2luX2VjEBSESSIONTOKEN"
+
+
+@pytest.mark.parametrize("line", [
+    # botocore.endpoint's request, at debug
+    f"Sending http request: <AWSPreparedRequest method=GET, headers={{'X-Amz-Date': b'20261127T024602Z', "
+    f"'X-Amz-Security-Token': b'{TOKEN}', 'Authorization': b'AWS4-HMAC-SHA256 Credential={KEY_ID}/20261127/"
+    f"us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=0123abcd'}}>",
+    # botocore.auth's canonical request
+    f"CanonicalRequest:\nGET\n/b/k\n\nhost:127.0.0.1\nx-amz-security-token:{TOKEN}\n\nhost;x-amz-security-token",
+    # a presigned URL
+    f"https://b.s3.amazonaws.com/k?X-Amz-Credential={KEY_ID}%2F2026&X-Amz-Security-Token={TOKEN}&X-Amz-Signature=ab",
+    # STS's answer to AssumeRoleWithWebIdentity (IRSA), and a credential process's output
+    f"Response body:\nb'<Credentials><AccessKeyId>ASIA</AccessKeyId><SecretAccessKey>{SECRET}</SecretAccessKey>"
+    f"<SessionToken>{TOKEN}</SessionToken></Credentials>'",
+    f'{{"Version": 1, "AccessKeyId": "ASIA", "SecretAccessKey": "{SECRET}", "SessionToken": "{TOKEN}"}}',
+    f"aws_secret_access_key = {SECRET}\naws_session_token={TOKEN}",
+])
+def test_credentials_are_redacted_from_any_line(line):
+    redacted = redact_text(line)
+    assert SECRET not in redacted and TOKEN not in redacted and KEY_ID not in redacted
+    assert REDACTED in redacted
+
+
+@pytest.mark.parametrize("line", [
+    "no AWS credentials to read private bucket crds-x; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
+    "access denied reading s3://b/k (credentials: env); grant s3:GetObject",
+    "S3 refused the credentials (env) with ExpiredToken reading s3://b/k",
+])
+def test_our_own_messages_about_credentials_are_left_whole(line):
+    assert redact_text(line) == line
+
+
+def test_debug_logs_carry_no_credential(roman_bucket):
+    """At debug the AWS SDK logs every signed request: the job's key id, secret and token never appear."""
+    run = roman_bucket.run("roman", "ops", "--log-level", "debug", AWS_ACCESS_KEY_ID=KEY_ID,
+                           AWS_SECRET_ACCESS_KEY=SECRET, AWS_SESSION_TOKEN=TOKEN)
+    assert run.returncode == 0, run.stderr[-2000:]
+    requests = [line for line in run.logs if line.get("logger") == "botocore.endpoint"]
+    assert requests, "the SDK's debug lines are there, so the check below checks something"
+    for secret in (KEY_ID, SECRET, TOKEN):
+        assert secret not in run.stderr and secret not in run.stdout
+
+
+@pytest.mark.parametrize("level, shown", [
+    ("warning", set()),
+    ("info", {"info"}),
+    ("debug", {"info", "debug"}),
+])
+def test_the_log_level_asked_for_is_the_least_severe_written(roman_bucket, level, shown):
+    run = roman_bucket.run("roman", "ops", "--log-level", level)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert {line["level"] for line in run.logs} == shown and not run.foreign
