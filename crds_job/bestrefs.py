@@ -186,6 +186,10 @@ def _read_failure(exc: Exception) -> tuple[str, str]:
     if module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs")) or isinstance(exc, (ConnectionError,
                                                                                              TimeoutError)):
         return "access", text
+    if isinstance(exc, OSError) and exc.errno is not None:
+        # A store's or a disk's failure, not the file's: s3fs turns S3's 5xx and throttling into
+        # OSError(EBUSY, EREMOTEIO, EIO...). A bad FITS file's OSError (astropy's) has no errno.
+        return "access", text
     return "unreadable", f"its header cannot be read: {text}"
 
 

@@ -386,6 +386,22 @@ def test_a_dataset_the_job_may_not_read_is_an_s3_access_error(s3, hst_bucket, hs
     assert not references_in(hst_bucket.cache)
 
 
+@pytest.mark.parametrize("fault", ["503", "500"])
+@pytest.mark.parametrize("named", [True, False])
+def test_a_dataset_s3_fails_to_serve_is_an_s3_access_error(s3, hst_bucket, hst_datasets, fault, named):
+    """S3's 5xx reach crds as s3fs's OSError: retryable (69), not "not a FITS file" (66, final) nor skipped."""
+    with open(hst_datasets["ACS"], "rb") as handle:
+        hst_bucket.put("inputs/acs_raw.fits", handle.read())
+    url = f"s3://{hst_bucket.name}/inputs/acs_raw.fits"
+    with FaultProxy(s3.endpoint) as proxy:
+        proxy.rules = [Rule(fault, path="inputs/acs_raw", method="HEAD"), Rule(fault, path="inputs/acs_raw")]
+        args = ("--datasets", url) if named else ("--", "true", url)
+        run = hst_bucket.run("hst", "ops", *args, AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    assert run.returncode == ExitCode.S3_ACCESS, run.stderr
+    assert "acs_raw.fits cannot be read" in run.errors[0]["event"] and "run the job again" in run.errors[0]["event"]
+    assert not references_in(hst_bucket.cache)
+
+
 @pytest.mark.skipif(not READ_ONLY_MOUNTS, reason="needs user+mount namespaces (unshare -rm) for a read-only bind mount")
 def test_a_selective_warm_on_a_read_only_cache_holding_the_needed_files(hst_bucket, hst_datasets):
     assert hst_bucket.run("hst", "ops", "--datasets", hst_datasets["WFC3"]).returncode == 0
