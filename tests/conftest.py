@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 from crds_job import cache as cache_module
 from crds_job import durability
 from crds_job.sample import context, server
+from crds_job.sample.context import render_mapping
 
 # Fuzzing: bounded and reproducible in the suite; HYPOTHESIS_PROFILE=fuzz for a long random run.
 settings.register_profile("suite", max_examples=300, derandomize=True, deadline=None,
@@ -220,3 +221,14 @@ def can_reserve(folder) -> bool:
 
 def snapshot(root: str) -> dict[str, tuple[int, int]]:
     return {path: (os.stat(os.path.join(root, path)).st_mtime_ns, size) for path, size in cache_files(root).items()}
+
+
+def publish_rmap(bucket, name: str, selector: str, extra_metadata: dict, instrument: str = "WFI",
+                 line_end: str = "\n") -> None:
+    """Replace rmap ``name`` with one of ``selector``, stamped and listed as a real one would be."""
+    header = {"mapping": "REFERENCE", "observatory": "ROMAN", "instrument": instrument, "filekind": "GAIN",
+              "name": name, "derived_from": "x", "parkey": (("ROMAN.META.INSTRUMENT.DETECTOR",),)}
+    text = render_mapping(header, selector).replace("\n", line_end).encode()
+    bucket.sample.mappings[name] = text
+    bucket.put(f"mappings/roman/{name}", text)
+    bucket.publish_metadata(extra_metadata)

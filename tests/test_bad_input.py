@@ -18,11 +18,11 @@ from conftest import (
     needs_tmpfs,
     new_bucket,
     parse_logs,
+    publish_rmap,
 )
 
 from crds_job.errors import ExitCode
 from crds_job.sample import context
-from crds_job.sample.context import render_mapping
 
 
 def only_error(run) -> str:
@@ -54,6 +54,27 @@ def test_a_context_absent_from_the_bucket_lists_those_there(roman_bucket):
     message = only_error(run)
     assert "roman_0042.pmap is not in" in message
     assert "contexts there: roman_0050.pmap, roman_0051.pmap" in message
+    assert not any(f.startswith("references") for f in cache_files(roman_bucket.cache))
+
+
+def test_a_latest_context_the_bucket_does_not_hold_is_a_bucket_content_error(roman_bucket):
+    """Not pinned by the user, so not a usage error: the bucket is inconsistent (65), e.g. mid-update."""
+    import ast
+
+    config = ast.literal_eval(roman_bucket.sample.server_config().decode())
+    config["latest_context"] = "roman_0099.pmap"
+    roman_bucket.put("config/roman/server_config", repr(config).encode())
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.BUCKET_CONTENT
+    message = only_error(run)
+    assert "the bucket's latest context roman_0099.pmap is not in" in message
+    assert "contexts there: roman_0050.pmap, roman_0051.pmap" in message
+    roman_bucket.reseed_config()
+    roman_bucket.delete("mappings/roman/roman_0051.pmap")  # published in the metadata, yet gone
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.BUCKET_CONTENT
+    message = only_error(run)
+    assert "latest context roman_0051.pmap is not in" in message and "(contexts there: roman_0050.pmap)" in message
     assert not any(f.startswith("references") for f in cache_files(roman_bucket.cache))
 
 
@@ -168,17 +189,6 @@ def test_an_object_listed_in_the_metadata_but_missing(roman_bucket):
     assert run.returncode == ExitCode.S3_ACCESS
     assert f"{name} is missing from the bucket" in only_error(run)
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
-
-
-def publish_rmap(bucket, name: str, selector: str, extra_metadata: dict, instrument: str = "WFI",
-                 line_end: str = "\n") -> None:
-    """Replace rmap ``name`` with one of ``selector``, stamped and listed as a real one would be."""
-    header = {"mapping": "REFERENCE", "observatory": "ROMAN", "instrument": instrument, "filekind": "GAIN",
-              "name": name, "derived_from": "x", "parkey": (("ROMAN.META.INSTRUMENT.DETECTOR",),)}
-    text = render_mapping(header, selector).replace("\n", line_end).encode()
-    bucket.sample.mappings[name] = text
-    bucket.put(f"mappings/roman/{name}", text)
-    bucket.publish_metadata(extra_metadata)
 
 
 @pytest.mark.parametrize("bad", ["../../escape.asdf", "/tmp/escape.asdf", "sub/escape.asdf", "roman_wfi_0099.imap"])

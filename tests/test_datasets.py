@@ -15,7 +15,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import READ_ONLY_MOUNTS, assert_cache_verified, cache_files, new_bucket, run_read_only, snapshot
+from conftest import (
+    READ_ONLY_MOUNTS,
+    assert_cache_verified,
+    cache_files,
+    new_bucket,
+    publish_rmap,
+    run_read_only,
+    snapshot,
+)
 from faults import FaultProxy, Rule
 
 from crds_job import datasets, environments, launch, plan, settings
@@ -204,6 +212,19 @@ def test_a_roman_asdf_dataset(roman_bucket, tmp_path):
     expected = roman_bucket.sample.expected[roman_bucket.sample.contexts[-1]]["wfi"]
     assert references_in(roman_bucket.cache) == set(expected.values())
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
+def test_crds_failing_on_the_context_stops_a_selective_warm(roman_bucket, tmp_path):
+    """Our parser reads what a mapping names; crds also checks each row against its parkey, and refuses."""
+    publish_rmap(roman_bucket, "roman_wfi_gain_0001.rmap",
+                 "Match({('WFI01', 'EXTRA') : 'roman_wfi_gain_0001.asdf'})", {})
+    path = sample_datasets.write_asdf(str(tmp_path / "l1_img.asdf"), context.ROMAN_DATASET_HEADER)
+    run = roman_bucket.run("roman", "ops", "--", "true", path)
+    assert run.returncode == ExitCode.BUCKET_CONTENT, run.stderr
+    (error,) = run.errors
+    assert "crds failed choosing references for" in error["event"]
+    assert "roman_wfi_gain_0001.rmap" in error["event"] and "wrong length" in error["event"]
+    assert not references_in(roman_bucket.cache)
 
 
 def test_a_real_roman_datamodel_file(roman_bucket, tmp_path):
