@@ -264,6 +264,25 @@ def test_an_s3_dataset_is_read_by_its_header_only(s3, hst_bucket, hst_datasets, 
     assert read < 2 * 2**20 < os.path.getsize(big)
 
 
+def test_an_http_dataset_is_read_by_its_header_only(s3, hst_bucket, hst_datasets, tmp_path):
+    """An http(s) URL (a web archive, a presigned URL) is read through fsspec's HTTP backend, in ranges."""
+    big = sample_datasets.write_fits(str(tmp_path / "big_raw.fits"), context.HST_DATASET_HEADERS["ACS"],
+                                     data_bytes=16 * 2**20)
+    with open(big, "rb") as handle:  # readable by anyone, as an archive's file or a presigned URL's
+        s3.client().put_object(Bucket=hst_bucket.name, Key="inputs/big_raw.fits", Body=handle.read(),
+                               ACL="public-read")
+    with FaultProxy(s3.endpoint) as proxy:
+        url = f"{proxy.endpoint}/{hst_bucket.name}/inputs/big_raw.fits"
+        run = hst_bucket.run("hst", "ops", "--", "true", url)
+        gets = proxy.gets("big_raw")
+    assert run.returncode == 0, run.stderr
+    assert run.event("warming the references of datasets")["datasets"] == [url]
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+    assert references_in(hst_bucket.cache) == set(expected.values())
+    assert gets and sum(int(end) - int(start) + 1 for start, end in
+                        (re.fullmatch(r"bytes=(\d+)-(\d+)", get.range).groups() for get in gets)) < 2 * 2**20
+
+
 def test_dry_run_prints_each_datasets_choice_and_writes_nothing(hst_bucket, hst_datasets):
     run = hst_bucket.run("hst", "ops", "--dry-run", "--datasets", hst_datasets["ACS"])
     assert run.returncode == 0, run.stderr

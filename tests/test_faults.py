@@ -190,6 +190,9 @@ def test_a_signal_stops_the_warm_and_removes_its_temp_files(s3, tmp_path, proxy,
     assert not run.events("warmed"), "it stopped instead of finishing"
     assert not [f for f in cache_files(bucket.cache) if os.path.basename(f).startswith(".")], "no temp file left"
     finals_verified(bucket.cache, bucket.sample)
+    written = set(cache_files(bucket.cache))
+    assert "config/roman/ref_cache_subdir_mode" in written, "the layout is written first"
+    assert not written & {"config/roman/server_config", "config/roman/bad_files.txt"}, "these go last, once complete"
 
 
 def test_a_files_blocks_are_reserved_before_its_bytes_arrive(roman_bucket, proxy):
