@@ -290,20 +290,23 @@ class Cache:
             )
         return cls(root, observatory, existing or requested_mode or DEFAULT_MODE)
 
-    async def settle_layout(self, requested_mode: str | None, fsync: bool) -> Cache:
+    async def settle_layout(self, requested_mode: str | None, prepare: Callable[[str, bytes], bool]) -> Cache:
         """The cache in the layout it is to have, written down before any reference is.
 
         Written first, under the mode file's lock, rather than with the rest
         of the config at the end: two first warms of one empty cache would
         otherwise each fill it in the layout it asked for. The first to write
         it decides; the other adopts it, or is refused if it asked for another.
+        ``prepare(path, data)`` runs before it is written (a journal names it)
+        and says whether to fsync it.
         """
         final = self.config_path(MODE_FILE)
         claim = await self.claim(final)
         try:
             settled = Cache.open(self.root, self.observatory, requested_mode)
             if self.existing_mode(self.root, self.observatory) is None:
-                _fill(claim, settled.mode.encode("utf-8"), fsync)
+                data = settled.mode.encode("utf-8")
+                _fill(claim, data, prepare(final, data))
         finally:
             claim.release()  # a no-op once committed
         return settled

@@ -117,6 +117,11 @@ class _Warm:
             self.durability.cover((path, entry.size, entry.sha1) for path, entry in paths
                                   if self.cache.present_size(path) != entry.size)
 
+    def cover_one(self, path: str, data: bytes) -> bool:
+        """Before ``data`` is written to ``path``: a durable journal names it, else it is to be fsync'ed."""
+        self.durability.cover([(path, len(data), hashlib.sha1(data).hexdigest())])
+        return self.durability.needs_fsync(path)
+
     # ----- step 1 ---------------------------------------------------------------------------
 
     async def read_config(self) -> server_config.ServerConfig:
@@ -376,8 +381,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
             selection = datasets.Selection((), "none", selection.not_found)
     if job.writable:  # before any reference is looked for or written: another first warm may be filling
         # the cache in another layout. Not sooner: a warm that fails on the bucket's content leaves no trace.
-        job.cache = cache = await cache.settle_layout(
-            settings.ref_subdir_mode, job.durability.needs_fsync(cache.config_path(MODE_FILE)))
+        job.cache = cache = await cache.settle_layout(settings.ref_subdir_mode, job.cover_one)
     to_fetch, corrupt = await job.survey(the_plan.references)
     to_fetch = list(job.unwritten) + to_fetch
     unchecked = [entry.name for entry in the_plan.entries if not entry.sha1]

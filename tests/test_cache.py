@@ -55,11 +55,11 @@ def test_the_first_warm_to_settle_a_new_caches_layout_decides_it(tmp_path):
     root = str(tmp_path / "cache")
     instrument, flat, either = (Cache.open(root, "roman", mode) for mode in ("instrument", "flat", None))
     assert (instrument.mode, flat.mode, either.mode) == ("instrument", "flat", "flat")
-    assert asyncio.run(instrument.settle_layout("instrument", fsync=True)).mode == "instrument"
+    assert asyncio.run(instrument.settle_layout("instrument", lambda path, data: True)).mode == "instrument"
     assert (tmp_path / "cache/config/roman/ref_cache_subdir_mode").read_text() == "instrument"
     with pytest.raises(CacheError, match="organised 'instrument', but 'flat' was asked for"):
-        asyncio.run(flat.settle_layout("flat", fsync=True))
-    assert asyncio.run(either.settle_layout(None, fsync=False)).mode == "instrument", "adopted"
+        asyncio.run(flat.settle_layout("flat", lambda path, data: True))
+    assert asyncio.run(either.settle_layout(None, lambda path, data: False)).mode == "instrument", "adopted"
     assert (tmp_path / "cache/config/roman/ref_cache_subdir_mode").read_text() == "instrument"
     assert not [name for name in os.listdir(tmp_path / "cache/config/roman") if name.startswith(".")]
 

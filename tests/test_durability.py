@@ -153,7 +153,7 @@ def test_after_a_restart_the_files_a_journal_names_are_checked_and_the_bad_ones_
     run = roman_bucket.run("roman", "ops")
     assert run.returncode == 0, run.stderr
     checked = run.events(CHECKED)
-    assert len(checked) == 4, "pmap, imaps, rmaps, references and config: a journal each"
+    assert len(checked) == 5, "pmap, imaps, rmaps, the layout, references and config: a journal each"
     assert sorted(path for check in checked for path in check["first"]) == [DARK, GAIN]
     assert run.event("warmed")["files_fetched"] == 2
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
