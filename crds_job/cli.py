@@ -65,7 +65,7 @@ def write_env_file(path: str, text: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
         handle, temp = tempfile.mkstemp(dir=folder, prefix=".crds-job-env-")
-        with os.fdopen(handle, "w") as out:
+        with os.fdopen(handle, "w", errors="surrogateescape") as out:  # a path's bytes as the OS gave them
             out.write(text)
         os.chmod(temp, 0o644)
         os.replace(temp, path)

@@ -15,6 +15,7 @@ Our options end where the command begins, so the command keeps its own flags.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -58,8 +59,8 @@ def parse_size(text: str) -> int:
 def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = cast(text)
-        if value <= 0:
-            raise ValueError(f"expected a positive number, got {text!r}")
+        if not value > 0 or not math.isfinite(value):  # nan passes "<= 0"; inf would spin or overflow a timer
+            raise ValueError(f"expected a positive, finite number, got {text!r}")
         return value
 
     return parse
@@ -131,7 +132,7 @@ OPTIONS: tuple[Option, ...] = (
            crds_env="CRDS_REF_SUBDIR_MODE", choices=("flat", "instrument")),
     Option("bucket", "S3 bucket of a private mirror (default: STScI's for OBSERVATORY/ENVIRONMENT)",
            crds_env="CRDS_S3_BUCKET", metavar="NAME"),
-    Option("prefix", "key prefix in that bucket, e.g. /roman/crds",
+    Option("prefix", "key prefix in that bucket, e.g. /roman/crds ('/' for none)",
            crds_env="CRDS_S3_PREFIX", metavar="PREFIX"),
     Option("env_file", "also write the command's CRDS environment to this file "
            "(shell syntax), for a calibration container that runs after an init container",
@@ -236,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resolve(option: Option, argv_value: Any, environ: Mapping[str, str]) -> tuple[Any, str]:
     """Pick one option's value by precedence, and say where it came from."""
+    if isinstance(argv_value, str) and not argv_value.strip() and option.name != "prefix":
+        # Most likely '--cache "$UNSET"': taken as given, it would warm into the current folder.
+        raise UsageError(f"{option.flag} is given an empty value",
+                         f"give it a value, or leave it out for {option.env} or the default")
     if argv_value is not None:
         raw, source = argv_value, "argv"
     elif environ.get(option.env, "").strip():
@@ -278,7 +283,7 @@ def _split_positionals(
             environment, rest = rest[0], rest[1:]
             sources["environment"] = "argv"
         elif environ.get(ENVIRONMENT_ENV, "").strip():
-            environment, sources["environment"] = environ[ENVIRONMENT_ENV], ENVIRONMENT_ENV
+            environment, sources["environment"] = environ[ENVIRONMENT_ENV].strip(), ENVIRONMENT_ENV
         else:
             raise UsageError("ENVIRONMENT is missing after OBSERVATORY",
                              f"add one, e.g. 'crds-job {observatory} ops', or set {ENVIRONMENT_ENV}")
@@ -303,6 +308,9 @@ def _split_positionals(
         sources["observatory"], sources["environment"] = OBSERVATORY_ENV, ENVIRONMENT_ENV
     if rest and rest[0] == "--":
         rest = rest[1:]
+    if rest and not rest[0].strip():
+        raise UsageError("the command to run is an empty word (an unset variable?)",
+                         "give the command after ENVIRONMENT, or nothing to only warm the cache")
     return observatory, environment, rest, sources
 
 

@@ -34,7 +34,7 @@ locals {
     },
     var.context != "" ? { CRDS_JOB_CONTEXT = var.context } : {},
     var.bucket != "" ? { CRDS_JOB_BUCKET = var.bucket } : {},
-    var.prefix != null ? { CRDS_JOB_PREFIX = var.prefix } : {},
+    var.prefix != null ? { CRDS_JOB_PREFIX = var.prefix == "" ? "/" : var.prefix } : {}, # "" would be unset
     var.settings,
   )
 

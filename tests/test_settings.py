@@ -80,12 +80,36 @@ def test_settings_fields_are_exactly_the_options():
     (["roman", "ops"], {"CRDS_JOB_PART_SIZE": "big"}, "byte count"),
     (["roman", "ops", "--no-such-option"], {}, "unrecognized arguments"),
     (["x"], {"CRDS_JOB_OBSERVATORY": "roman"}, "CRDS_JOB_ENVIRONMENT is missing"),
+    # An unset shell variable on argv: never "the current folder", "no env file", "STScI's bucket"...
+    (["roman", "ops", "--cache", ""], {"CRDS_PATH": "/cache"}, "--cache is given an empty value"),
+    (["roman", "ops", "--context", " "], {"CRDS_CONTEXT": "roman_0050.pmap"}, "--context is given an empty value"),
+    (["roman", "ops", "--bucket", ""], {"CRDS_S3_BUCKET": "my-mirror"}, "--bucket is given an empty value"),
+    (["roman", "ops", "--env-file", ""], {}, "--env-file is given an empty value"),
+    (["roman", "ops", "--", ""], {}, "the command to run is an empty word"),
+    (["roman", "ops", " ", "x"], {}, "the command to run is an empty word"),
+    # nan passes "<= 0"; inf spins the progress timer or overflows it, and neither is JSON in the logs
+    (["roman", "ops", "--progress-interval", "nan"], {}, "positive, finite"),
+    (["roman", "ops"], {"CRDS_JOB_PROGRESS_INTERVAL": "inf"}, "positive, finite"),
 ])
 def test_bad_input_is_a_usage_error_with_exit_64(argv, env, message):
     with pytest.raises(UsageError) as caught:
         parse(argv, **env)
     assert message in str(caught.value)
     assert caught.value.exit_code == ExitCode.USAGE == 64
+
+
+def test_an_empty_prefix_on_argv_or_slash_in_the_environment_means_none():
+    assert parse(["roman", "ops", "--bucket", "my-mirror", "--prefix", ""]).location.prefix == ""
+    assert parse(["roman", "ops"], CRDS_JOB_BUCKET="my-mirror", CRDS_JOB_PREFIX="/").location.prefix == ""
+    assert parse(["roman", "ops"], CRDS_JOB_BUCKET="my-mirror", CRDS_JOB_PREFIX="").location.prefix == "/roman/crds"
+
+
+def test_twins_are_read_without_the_blanks_around_them():
+    """A ConfigMap's YAML block scalar (``|``) leaves a trailing newline."""
+    s = parse(["roman"], CRDS_JOB_ENVIRONMENT="test\n")
+    assert (s.observatory, s.environment) == ("roman", "test")
+    s = parse([], CRDS_JOB_OBSERVATORY=" roman\n", CRDS_JOB_ENVIRONMENT="ops\n", CRDS_JOB_CONCURRENCY="7\n")
+    assert (s.observatory, s.environment, s.concurrency) == ("roman", "ops", 7)
 
 
 def test_empty_twins_count_as_unset():

@@ -118,6 +118,21 @@ def test_the_job_role_reads_exactly_its_cache(tmp_path, observatory, environment
 
 
 @needs_provider
+@pytest.mark.parametrize("prefix", ["", "/mirror/crds/", "mirror"])
+def test_a_private_mirrors_role_reads_exactly_what_the_job_reads(tmp_path, prefix):
+    """The job reads the keys its settings resolve from the module's environment, and only those are granted."""
+    planned = plan(tmp_path, observatory="roman", environment="ops", image="crds-job:0.1.0",
+                   bucket="my-mirror", prefix=prefix)
+    environment_values = planned["planned_values"]["outputs"]["environment"]["value"]
+    where = settings.parse([], environment_values).location
+    assert (where.bucket, where.prefix) == ("my-mirror", "/" + prefix.strip("/") if prefix.strip("/") else "")
+    policy = json.loads(resources(planned)["aws_iam_role_policy.read_crds_cache"]["policy"])
+    get, _ = policy["Statement"]
+    assert sorted(get["Resource"]) == sorted(f"arn:aws:s3:::my-mirror/{where.key(area)}/*"
+                                             for area in ("config", "mappings", "references"))
+
+
+@needs_provider
 def test_retries_are_crds_jobs_retryable_exit_codes_only(tmp_path):
     planned = plan(tmp_path, observatory="roman", environment="ops", image="crds-job:0.1.0",
                    command=["strun", "x.asdf"], context="roman_0055.pmap", platform="EC2")

@@ -246,6 +246,18 @@ def test_env_file_hands_the_environment_to_a_later_container(roman_bucket, tmp_p
     assert "export CRDS_CONTEXT=roman_0051.pmap" in text and "unset CRDS_CONFIG_URI" in text
 
 
+def test_env_file_keeps_a_cache_path_that_is_not_utf8(roman_bucket, tmp_path):
+    """Linux paths are bytes: the env file gives the shell the very bytes the job was given."""
+    cache = os.fsencode(str(tmp_path)) + b"/cache-\xff"
+    env_file = tmp_path / "crds.env"
+    done = subprocess.run([sys.executable, "-m", "crds_job", "roman", "ops", b"--cache", cache,
+                           "--env-file", str(env_file)], env=roman_bucket.env(), capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = subprocess.run(["sh", "-c", '. "$1" && printf %s "$CRDS_PATH"', "sh", str(env_file)],
+                           capture_output=True, check=True).stdout
+    assert shown == cache and os.path.isdir(cache + b"/mappings/roman")
+
+
 def test_progress_lines_appear_on_a_slow_warm(roman_bucket):
     run = roman_bucket.run("roman", "ops", "--concurrency", "1", "--progress-interval", "0.01")
     assert run.returncode == 0
