@@ -20,6 +20,7 @@ warm fill such a cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -82,10 +83,26 @@ def file_id(info: os.stat_result) -> FileId:
     return (info.st_dev, info.st_ino)
 
 
+@contextlib.contextmanager
+def reading(path: str) -> Iterator[None]:
+    """Reading what the cache holds: a file or folder the job may not read stops it with exit 73.
+
+    An absent file (``FileNotFoundError``) is the caller's to handle: usually not an error.
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CacheError(f"cannot read {exc.filename or path} in the cache: {exc.strerror}",
+                         "make the cache readable by the job's user (its files and the folders above them), "
+                         "or point --cache elsewhere") from exc
+
+
 def sha1_of(path: str) -> tuple[str, FileId]:
     """A file's sha1, and the identity of the very file it was computed from."""
     digest = hashlib.sha1()
-    with open(path, "rb") as handle:
+    with reading(path), open(path, "rb") as handle:
         while chunk := handle.read(4 * 2**20):
             digest.update(chunk)
         return digest.hexdigest(), file_id(os.fstat(handle.fileno()))
@@ -268,8 +285,9 @@ class Cache:
 
     @staticmethod
     def existing_mode(root: str, observatory: str) -> str | None:
+        path = os.path.join(root, "config", observatory, MODE_FILE)
         try:
-            with open(os.path.join(root, "config", observatory, MODE_FILE)) as handle:
+            with reading(path), open(path, encoding="utf-8", errors="replace") as handle:
                 return handle.read().strip() or None
         except FileNotFoundError:
             return None
@@ -342,7 +360,8 @@ class Cache:
     def present(self, path: str) -> os.stat_result | None:
         """The ``lstat`` of the regular file at ``path``, None if absent; a link is refused."""
         try:
-            info = os.lstat(path)
+            with reading(path):
+                info = os.lstat(path)
         except FileNotFoundError:
             return None
         if stat.S_ISLNK(info.st_mode):

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import bestrefs, datasets, launch, mapping, plan, server_config
-from .cache import MODE_FILE, Cache, FileId, file_id, sha1_of
+from .cache import MODE_FILE, Cache, FileId, file_id, reading, sha1_of
 from .durability import Durability
-from .errors import BucketContentError, CacheError, DatasetError, IntegrityError, UsageError
+from .errors import BucketContentError, CacheError, CrdsJobError, DatasetError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
 from .remote import Bucket, Missing
@@ -153,7 +153,10 @@ class _Warm:
         path = self.cache.path(entry)
         if self.cache.present_size(path) != entry.size:
             return None, None
-        data, found = await self.fetcher.in_thread(_read, path)
+        try:
+            data, found = await self.fetcher.in_thread(_read, path)
+        except FileNotFoundError:  # gone since: another writer is replacing it
+            return None, None
         if len(data) != entry.size or not entry.accepts_sha1(hashlib.sha1(data).hexdigest()):
             self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
             return None, found
@@ -241,7 +244,13 @@ class _Warm:
             raise CacheError(f"no scratch directory for crds to choose references in: {exc}",
                              "give the job a writable TMPDIR (a /tmp volume on a read-only root)") from None
         try:
-            self._scratch_cache(folder, the_plan, config)
+            try:
+                self._scratch_cache(folder, the_plan, config)
+            except (OSError, CrdsJobError) as exc:  # TMPDIR's trouble, not the cache's
+                raise CacheError(f"cannot fill a scratch directory for crds to choose references in, {folder}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}",
+                                 "give the job a writable TMPDIR with room (a /tmp volume on a read-only root)"
+                                 ) from None
             env = launch.apply(os.environ, launch.crds_environment(location, folder, the_plan.context, "flat",
                                                                    allow_fetch=False))
             choices, skipped = await bestrefs.choose(
@@ -294,8 +303,9 @@ class _Warm:
             self.cache.write_now(path, data, self.durability.needs_fsync(path))
 
     def _read_config_file(self, name: str) -> str | None:
+        path = self.cache.config_path(name)
         try:
-            with open(self.cache.config_path(name), encoding="utf-8") as handle:
+            with reading(path), open(path, encoding="utf-8") as handle:
                 return handle.read()
         except (FileNotFoundError, UnicodeDecodeError):
             return None
@@ -319,7 +329,7 @@ def _synced_now() -> str:
 
 def _read(path: str) -> tuple[bytes, FileId]:
     """A (small) file's bytes, and the identity of the very file they were read from."""
-    with open(path, "rb") as handle:
+    with reading(path), open(path, "rb") as handle:
         return handle.read(), file_id(os.fstat(handle.fileno()))
 
 

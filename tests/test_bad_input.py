@@ -315,6 +315,27 @@ def test_running_out_of_space_mid_write_leaves_no_partial_file(roman_bucket):
             assert digest == meta[name]["sha1sum"], f"{path} is not the bucket's file"
 
 
+@pytest.mark.parametrize("breakage", ["a file as a parent", "a name too long", "a folder for the layout file",
+                                      "a folder for the config"])
+def test_a_cache_that_cannot_be_read_is_a_cache_error(roman_bucket, tmp_path, breakage):
+    """Not a traceback (70): the job's cache path or what it holds is unusable, 73."""
+    cache = roman_bucket.cache
+    if breakage == "a file as a parent":
+        (tmp_path / "afile").write_text("")
+        cache = str(tmp_path / "afile" / "cache")
+    elif breakage == "a name too long":
+        cache = str(tmp_path / ("x" * 300) / "cache")
+    elif breakage == "a folder for the layout file":
+        os.makedirs(os.path.join(cache, "config/roman/ref_cache_subdir_mode"))
+    else:
+        assert roman_bucket.run("roman", "ops").returncode == 0
+        os.remove(os.path.join(cache, "config/roman/server_config"))
+        os.makedirs(os.path.join(cache, "config/roman/server_config"))
+    run = roman_bucket.run("roman", "ops", CRDS_PATH=cache)
+    assert run.returncode == ExitCode.CACHE, run.stderr
+    assert "in the cache: " in only_error(run)
+
+
 def test_a_bug_is_exit_70_with_its_traceback_and_leaves_nothing_unverified(roman_bucket):
     """A failure crds-job does not understand is not passed off as S3's (69, which runners retry)."""
     assert roman_bucket.run("roman", "ops", "--context", "roman_0050.pmap").returncode == 0
