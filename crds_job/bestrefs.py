@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .datasets import is_url
-from .errors import BucketContentError, DatasetError, S3AccessError, UsageError
+from .errors import BucketContentError, CrdsJobError, DatasetError, S3AccessError, UsageError
 
 #: Bytes per read of a remote dataset: headers are read, data blocks skipped.
 HEADER_BLOCK = 256 * 1024
@@ -119,9 +120,17 @@ async def _run_child(request: dict[str, Any], env: Mapping[str, str], answer_pat
         with open(answer_path, encoding="utf-8") as handle:
             return json.load(handle)
     except (OSError, json.JSONDecodeError):
+        # No answer: the child died outside what it reports (the context, each dataset). Not the
+        # bucket's fault (65, final): the environment's (out of memory, an unreadable HOME...).
+        returncode = child.returncode or 0
+        if returncode < 0:
+            raise CrdsJobError(f"crds was killed by {signal.Signals(-returncode).name} while choosing references",
+                               "give the job more memory (an out-of-memory kill is the usual cause), "
+                               "or pass --all-references") from None
         tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise BucketContentError(f"crds failed choosing references (exit {child.returncode}): {tail[0][:300]}",
-                                 "report it with this line, or pass --all-references") from None
+        raise CrdsJobError(f"crds failed choosing references (exit {returncode}): {tail[0][:300]}",
+                           "check the job's environment (HOME, TMPDIR) or report it with this line; "
+                           "pass --all-references meanwhile") from None
 
 
 async def choose(

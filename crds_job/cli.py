@@ -8,10 +8,10 @@ except the plan of ``--dry-run``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import json
 import os
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,37 +23,45 @@ from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
 from .settings import Settings
 from .warm import Outcome, warm
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
 
 def run_warm(settings: Settings, log: object) -> Outcome:
     """Run the warm in an event loop that turns SIGINT/SIGTERM into a clean stop.
 
     The signal cancels the warm; every file being written removes its temp
     file on the way out, and ``Interrupted`` carries the exit code 128+N.
+    Only the loop's thread takes them (worker threads hold them), once: a
+    second one must not cancel the clean-up of the first. From the warm's end
+    on they are held, so that none is lost or kills the job half-way through
+    writing the env file: ``launch.exec_command`` looks for one before the exec.
     """
 
     async def guarded() -> Outcome:
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(initializer=launch.hold_stop_signals))
         task = asyncio.current_task()
         assert task is not None
         received: list[int] = []
 
         def stop(signum: int) -> None:
+            if not received:
+                task.cancel()
             received.append(signum)
-            task.cancel()
 
-        for signum in _SIGNALS:
+        for signum in launch.STOP_SIGNALS:
             loop.add_signal_handler(signum, stop, signum)
         try:
-            return await warm(settings, log)
+            outcome = await warm(settings, log)
         except asyncio.CancelledError:
             if received:
                 raise Interrupted(received[0]) from None
             raise
         finally:
-            for signum in _SIGNALS:
+            launch.hold_stop_signals()
+            for signum in launch.STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
+        if received:  # came as the warm returned: too late to cancel it, not too late to stop
+            raise Interrupted(received[0], warm_done=True)
+        return outcome
 
     return asyncio.run(guarded())
 
@@ -101,8 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcome = run_warm(settings, log)
         if settings.dry_run:
-            sys.stdout.write(json.dumps(outcome.report(), indent=1) + "\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(json.dumps(outcome.report(), indent=1) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader (``| head``) has seen enough: not a failure of ours
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at the exit's flush
             return ExitCode.OK
         changes = launch.crds_environment(settings.location, outcome.cache.root, outcome.context,
                                           outcome.cache.mode, settings.allow_fetch)

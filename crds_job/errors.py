@@ -51,7 +51,8 @@ MEANING = {
                       "instrument the context does not cover",
     ExitCode.S3_ACCESS: "S3 unreachable or refusing: no or expired credentials, access denied, "
                         "no such bucket, an object missing, throttling that outlasted the retries",
-    ExitCode.INTERNAL: "a bug in crds-job (the log line carries the traceback)",
+    ExitCode.INTERNAL: "a bug in crds-job (the log line carries the traceback), or crds dying while it chooses "
+                       "a selective warm's references (killed, e.g. out of memory, or crashed)",
     ExitCode.DISK_FULL: "the cache's filesystem is too small for the plan, or filled up during the warm",
     ExitCode.CACHE: "the cache cannot be written, is read-only yet incomplete, has another layout, "
                     "or holds a symbolic link",
@@ -131,12 +132,14 @@ class IntegrityError(CrdsJobError):
 class Interrupted(CrdsJobError):
     """A signal stopped the warm; temporary files were removed on the way out."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, warm_done: bool = False) -> None:
         name = signal.Signals(signum).name
-        super().__init__(
-            f"interrupted by {name} during the warm",
-            "the cache holds only verified files; run the job again to finish it",
-        )
+        if warm_done:
+            super().__init__(f"interrupted by {name} after the warm, before the command started",
+                             "the cache is warm; run the job again to run the command")
+        else:
+            super().__init__(f"interrupted by {name} during the warm",
+                             "the cache holds only verified files; run the job again to finish it")
         self.exit_code = ExitCode(128 + signum)
 
 

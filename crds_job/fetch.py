@@ -35,6 +35,7 @@ from typing import Any
 from .cache import Cache, FileId, disk_full, sha1_of
 from .durability import Durability
 from .errors import CacheError, IntegrityError
+from .launch import hold_stop_signals
 from .plan import Entry
 from .progress import Progress
 from .remote import BodyCorrupt, Bucket, Transient
@@ -109,7 +110,8 @@ class Fetcher:
         self._requests = asyncio.Semaphore(settings.concurrency)
         self._files = asyncio.Semaphore(settings.concurrency)
         self._budget = ByteBudget(settings.memory_budget)
-        self._pool = concurrent.futures.ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="crds-job-disk")
+        self._pool = concurrent.futures.ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="crds-job-disk",
+                                                           initializer=hold_stop_signals)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -7,19 +7,24 @@ the bucket's config on every run). ``--allow-fetch`` instead exports what
 ``crds_s3_set`` would, so that a cache miss is fetched from S3 by crds itself.
 
 The command replaces our process (``execvpe``): its signals and exit code are
-its own, and nothing of ours runs after it starts.
+its own, and nothing of ours runs after it starts. It starts with the signal
+dispositions a process started by a shell has: Python ignores SIGPIPE and
+SIGXFSZ, and an ignored signal stays ignored across exec, where a
+non-interactive shell cannot undo it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from .environments import Location
-from .errors import CommandNotExecutable, CommandNotFound
+from .errors import CommandNotExecutable, CommandNotFound, Interrupted
 
 #: What crds_s3_set exports to make the client read S3: removed for offline runs.
 S3_VARIABLES = (
@@ -34,6 +39,11 @@ PATH_OVERRIDES = tuple(
     for suffix in ("_SINGLE", "")
     if (part, suffix) != ("PATH", "")
 )
+#: The signals that stop a warm cleanly (``cli.run_warm``); from the warm's end to the exec they wait.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Ignored by Python itself: given back their default action for the command.
+_PYTHON_IGNORES = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
 #: crds_s3_get's command template (the client fills in the ${...} fields itself).
 S3_PLUGIN = "crds_s3_get ${FILENAME} -d ${OUTPUT_PATH} -s ${FILE_SIZE} -c ${FILE_SHA1SUM}"
 
@@ -88,10 +98,33 @@ def shell_script(changes: Mapping[str, str | None]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def hold_stop_signals() -> None:
+    """Make SIGINT/SIGTERM wait, in the calling thread: they are for the event loop, or the command."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def stop_signal_pending() -> int | None:
+    """A SIGINT/SIGTERM that arrived while held, if any: the job is to stop, not to start the command."""
+    pending = signal.sigpending() & set(STOP_SIGNALS)
+    return min(pending) if pending else None
+
+
 def exec_command(command: Sequence[str], env: Mapping[str, str]) -> NoReturn:
-    """Replace this process with ``command``; raise only if it cannot start."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    """Replace this process with ``command``; raise only if it cannot start, or a stop signal came first.
+
+    SIGINT/SIGTERM are held since the warm ended (``cli.run_warm``): one that
+    came meanwhile stops the job here; one that comes now reaches the command,
+    or, in the instant before it starts, ends this process as it would end it.
+    """
+    for stream in (sys.stdout, sys.stderr):  # either may be closed, or a pipe nobody reads
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    for signum in (*STOP_SIGNALS, *_PYTHON_IGNORES):
+        signal.signal(signum, signal.SIG_DFL)
+    waiting = stop_signal_pending()
+    if waiting is not None:
+        raise Interrupted(waiting, warm_done=True)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         os.execvpe(command[0], list(command), dict(env))
     except FileNotFoundError:

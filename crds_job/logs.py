@@ -12,6 +12,7 @@ ours or a library's, has credentials redacted before it is rendered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -42,6 +43,23 @@ def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     return {key: redact_text(value) if isinstance(value, str) else value for key, value in event.items()}
 
 
+class _Stderr:
+    """Where log lines go: stderr as it is now, and never a reason for the job to fail.
+
+    With stderr closed (``2>&-``) or a pipe nobody reads any more, lines are
+    dropped: the warm and the command matter more than their logs, and
+    structlog would otherwise fall back to stdout, which is the command's.
+    """
+
+    def write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # broken pipe, closed, None
+            sys.stderr.write(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()
+
+
 def configure(log_format: str = "json", level: str = "info") -> None:
     """Set up structlog and the standard library's loggers for one run."""
     renderer: Any
@@ -57,10 +75,10 @@ def configure(log_format: str = "json", level: str = "info") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_Stderr())  # type: ignore[arg-type]
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact, renderer],
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

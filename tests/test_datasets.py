@@ -442,6 +442,39 @@ def test_a_dataset_s3_fails_to_serve_is_an_s3_access_error(s3, hst_bucket, hst_d
     assert not references_in(hst_bucket.cache)
 
 
+def test_crds_killed_while_choosing_is_not_called_a_bucket_fault(s3, hst_bucket, hst_datasets):
+    """An out-of-memory kill of the crds child: one line saying so, and not 65, which ends a Job for good."""
+    import signal
+    import time
+
+    with open(hst_datasets["ACS"], "rb") as handle:
+        hst_bucket.put("inputs/acs_raw.fits", handle.read())
+    with FaultProxy(s3.endpoint) as proxy:
+        proxy.rules = [Rule("slow", path="inputs/acs_raw", delay=30)]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "crds_job", "hst", "ops", "--datasets", f"s3://{hst_bucket.name}/inputs/acs_raw.fits"],
+            env=hst_bucket.env(AWS_ENDPOINT_URL_S3=proxy.endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        try:
+            children: list[str] = []
+            for _ in range(600):  # the child starts once the mappings are in
+                with open(f"/proc/{process.pid}/task/{process.pid}/children") as listing:
+                    children = listing.read().split()
+                if children and proxy.gets("inputs/acs_raw"):
+                    break
+                time.sleep(0.05)
+            assert children, "the crds child started"
+            os.kill(int(children[0]), signal.SIGKILL)
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == ExitCode.INTERNAL, stderr
+    assert "crds was killed by SIGKILL while choosing references" in stderr
+    assert not references_in(hst_bucket.cache)
+
+
 @pytest.mark.skipif(not READ_ONLY_MOUNTS, reason="needs user+mount namespaces (unshare -rm) for a read-only bind mount")
 def test_a_selective_warm_on_a_read_only_cache_holding_the_needed_files(hst_bucket, hst_datasets):
     assert hst_bucket.run("hst", "ops", "--datasets", hst_datasets["WFC3"]).returncode == 0

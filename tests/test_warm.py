@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import structlog
 from conftest import Bucket, assert_cache_verified, cache_files, new_bucket
 from faults import FaultProxy, Rule
@@ -235,6 +236,66 @@ def test_the_command_takes_our_process_over_and_its_signals_are_its_own(roman_bu
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def signal_masks(status: str) -> dict[str, int]:
+    """The ignored and blocked signal masks of /proc/<pid>/status, as integers."""
+    return {key: int(value, 16) for key, value in
+            (line.split(":\t") for line in status.splitlines() if line.startswith(("SigIgn", "SigBlk")))}
+
+
+def test_the_command_starts_with_the_signals_a_shell_would_give_it(roman_bucket):
+    """Python ignores SIGPIPE and SIGXFSZ, and the warm holds SIGINT/SIGTERM: none of that passes on."""
+    import signal
+
+    run = roman_bucket.run("roman", "ops", "--", "cat", "/proc/self/status")
+    assert run.returncode == 0, run.stderr
+    masks = signal_masks(run.stdout)
+    for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+        bit = 1 << (number - 1)
+        assert not masks["SigIgn"] & bit and not masks["SigBlk"] & bit, signal.Signals(number).name
+
+
+def test_a_stop_signal_held_since_the_warm_ended_stops_the_job_instead_of_the_command(tmp_path):
+    """From the warm's end to the exec SIGINT/SIGTERM wait, then stop the job: none is lost."""
+    script = ("import os, signal, sys\n"
+              "from crds_job import launch\n"
+              "from crds_job.errors import Interrupted\n"
+              "launch.hold_stop_signals()\n"
+              "os.kill(os.getpid(), signal.SIGTERM)  # as the env file is being written, say\n"
+              "try:\n"
+              "    launch.exec_command(['sh', '-c', 'echo the command ran'], dict(os.environ))\n"
+              "except Interrupted as stopped:\n"
+              "    print(stopped, flush=True)\n"
+              "    sys.exit(stopped.exit_code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stderr
+    assert done.stdout.startswith("interrupted by SIGTERM after the warm, before the command started; ")
+
+
+def test_a_dry_run_read_only_in_part_is_no_failure(roman_bucket):
+    """``crds-job --dry-run ... | head``: the reader leaving early is not a bug of ours (70)."""
+    process = subprocess.Popen([sys.executable, "-m", "crds_job", "--dry-run", "roman", "ops"],
+                               env=roman_bucket.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the plan is written
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 0, stderr
+    assert "internal error" not in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("stderr_is", ["closed", "a pipe nobody reads"])
+def test_without_a_working_stderr_the_job_still_runs_and_stdout_stays_the_commands(roman_bucket, stderr_is):
+    command = [sys.executable, "-m", "crds_job", "roman", "ops", "--", "sh", "-c", "echo the command ran"]
+    if stderr_is == "closed":
+        process = subprocess.Popen(["sh", "-c", 'exec "$@" 2>&-', "sh", *command], env=roman_bucket.env(),
+                                   stdout=subprocess.PIPE, text=True)
+    else:
+        process = subprocess.Popen(command, env=roman_bucket.env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        process.stderr.close()
+    stdout, _ = process.communicate(timeout=120)
+    assert (process.returncode, stdout) == (0, "the command ran\n")
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
 
 
 def test_env_file_hands_the_environment_to_a_later_container(roman_bucket, tmp_path):
