@@ -56,6 +56,8 @@ class Choice:
 _TODO = {
     "missing": "check the path or URL and that the job can read it, or pass --all-references",
     "unreadable": "give a FITS or ASDF dataset, or pass --all-references to warm the whole context",
+    "forbidden": "let the job's user read it (its mode, and its folders'), or pass --all-references",
+    "bad-url": "check the dataset's URL (s3://BUCKET/KEY), or pass --all-references",
 }
 #: What a dataset found in the command (a guess) may be without stopping the warm: not a dataset.
 _SKIPPABLE = ("missing", "unreadable")
@@ -182,13 +184,16 @@ def _read_header(crds_io: Any, source: str, observatory: str, anonymous: bool) -
     return crds_io.file_factory(source, name, observatory).get_header((), checksum=False)
 
 
-def _read_failure(exc: Exception) -> tuple[str, str]:
+def _read_failure(exc: Exception, url: bool) -> tuple[str, str]:
     """Why a header could not be read: (reason, message), the reason deciding the exit code."""
     text = f"{type(exc).__name__}: {exc}"[:400]
     if isinstance(exc, FileNotFoundError):
         return "missing", "it does not exist"
-    if isinstance(exc, PermissionError):
-        return "denied", text
+    if isinstance(exc, PermissionError):  # S3's 403 may pass (a policy, a role); a local file's mode stays
+        return ("denied" if url else "forbidden"), text
+    sdk = sys.modules.get("botocore.exceptions")  # loaded only if an S3 URL was read
+    if sdk is not None and isinstance(exc, sdk.ParamValidationError):  # e.g. a bucket name S3 cannot have
+        return "bad-url", text
     if isinstance(exc, ImportError) or "protocol not known" in str(exc).lower():
         return "backend", text
     module = type(exc).__module__
@@ -210,7 +215,7 @@ def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anon
     try:
         header = _read_header(factory, source, observatory, anonymous)
     except Exception as exc:  # any failure to read: classified, so the exit code says what to do
-        reason, message = _read_failure(exc)
+        reason, message = _read_failure(exc, is_url(source))
         return dict(answer, error=reason, message=message)
     try:
         instrument = utils.header_to_instrument(header).lower()

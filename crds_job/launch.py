@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -128,6 +129,9 @@ def exec_command(command: Sequence[str], env: Mapping[str, str]) -> NoReturn:
     try:
         os.execvpe(command[0], list(command), dict(env))
     except FileNotFoundError:
+        if shutil.which(command[0], path=env.get("PATH", os.defpath)):  # there, yet ENOENT: its #! interpreter
+            raise CommandNotExecutable(f"command {command[0]!r} could not start: the interpreter its #! line "
+                                       "names does not exist", "fix the script's first line, or the image") from None
         raise CommandNotFound(f"command {command[0]!r} not found", "check the command and the image's PATH") from None
     except OSError as exc:
         raise CommandNotExecutable(f"command {command[0]!r} could not start: {exc.strerror}",

@@ -124,6 +124,15 @@ def translate(exc: BaseException, uri: str, location: Location, credentials: str
     checksum = _in_chain(exc, (botocore.exceptions.FlexibleChecksumError,))
     if checksum is not None:
         return BodyCorrupt(f"{uri} arrived damaged: {checksum}", "fetch it again")
+    if code in ("InvalidRange", "416"):  # a part past the object's end: the object or its metadata is wrong
+        return BodyCorrupt(f"{uri} is shorter than the bucket's metadata says (a ranged GET past its end: {code})",
+                           "fetch it again")
+    if isinstance(exc, OSError) and exc.filename and client_error is None:  # a local file, not an object
+        return S3AccessError(
+            f"the AWS SDK could not read {exc.filename} ({exc.strerror}) to sign requests for {uri}",
+            "check the job's AWS files: AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), AWS_CONFIG_FILE, "
+            "AWS_SHARED_CREDENTIALS_FILE",
+        )
     if code in _CREDENTIAL_CODES:
         return S3AccessError(
             f"S3 refused the credentials ({credentials}) with {code} reading {uri}",
@@ -239,7 +248,12 @@ class Bucket:
             },
         )
         self._fs.retries = 1  # body errors go up to fetch, which retries the whole file
-        self._client = await self._fs.set_session()
+        try:
+            self._client = await self._fs.set_session()
+        except (ValueError, botocore.exceptions.ValidationError) as exc:  # "Invalid endpoint", a malformed region
+            raise UsageError(f"the AWS SDK refuses this job's S3 settings: {exc}",
+                             "check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (a URL such as https://host:port) "
+                             "and AWS_REGION / AWS_DEFAULT_REGION") from None
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

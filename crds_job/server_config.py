@@ -91,7 +91,7 @@ def decode_metadata(value: Any) -> dict[str, FileInfo]:
         try:
             size = int(info["size"])
             sha1 = str(info.get("sha1sum", "") or "").lower()
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # Overflow: JSON's Infinity
             raise _fail(f"download_metadata entry {name!r} has no integer size") from None
         if size < 0:
             raise _fail(f"download_metadata entry {name!r} has a negative size")
@@ -118,6 +118,9 @@ def parse(data: bytes, observatory: str) -> ServerConfig:
         raise _fail(f"it is for observatory {published!r}, not {observatory!r}")
     if "download_metadata" not in raw:
         raise _fail("it has no download_metadata, so no file could be checked")
+    bad_files = raw.get("bad_files_list") or []
+    if not isinstance(bad_files, (list, tuple)) or not all(isinstance(name, str) for name in bad_files):
+        raise _fail("its bad_files_list is not a list of file names")
     return ServerConfig(observatory=observatory, raw=raw, metadata=decode_metadata(raw["download_metadata"]))
 
 

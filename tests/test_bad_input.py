@@ -125,6 +125,16 @@ def test_a_bucket_that_does_not_exist(roman_bucket):
     assert "bucket no-such-crds-bucket does not exist" in only_error(run)
 
 
+@pytest.mark.parametrize("variable, value", [
+    ("AWS_ENDPOINT_URL_S3", "localhost:9000"), ("AWS_ENDPOINT_URL_S3", "http://[::1"),
+    ("AWS_DEFAULT_REGION", "us east 1!"),
+])
+def test_s3_settings_the_sdk_refuses_are_a_usage_error(roman_bucket, variable, value):
+    run = roman_bucket.run("roman", "ops", **{variable: value})
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert "the AWS SDK refuses this job's S3 settings" in only_error(run)
+
+
 def test_an_unreachable_endpoint(roman_bucket):
     run = roman_bucket.run("roman", "ops", "--retries", "1", AWS_ENDPOINT_URL_S3="http://127.0.0.1:9")
     assert run.returncode == ExitCode.S3_ACCESS
@@ -168,6 +178,17 @@ def test_a_corrupt_object_never_reaches_the_cache(roman_bucket, transform, words
     message = only_error(run)
     assert name in message and words in message and "after 2 attempts" in message
     assert run.events("retrying"), "an integrity failure is retried before it is final"
+    assert not any(os.path.basename(f) == name for f in cache_files(roman_bucket.cache))
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
+def test_an_object_shorter_than_its_metadata_is_an_integrity_error_in_parts_too(roman_bucket):
+    """A ranged GET past the object's end answers 416: the same verdict as one GET (74), not an S3 error."""
+    name = corrupt_reference(roman_bucket, lambda data: data[:64 * 1024])
+    run = roman_bucket.run("roman", "ops", "--retries", "2", "--part-size", "64KiB")
+    assert run.returncode == ExitCode.INTEGRITY, run.stderr
+    message = only_error(run)
+    assert name in message and "shorter than the bucket's metadata says" in message and "after 2 attempts" in message
     assert not any(os.path.basename(f) == name for f in cache_files(roman_bucket.cache))
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
 
@@ -259,6 +280,28 @@ def test_a_command_that_cannot_start(roman_bucket, tmp_path):
     script.write_text("#!/bin/sh\nexit 0\n")
     run = roman_bucket.run("roman", "ops", "--", str(script))
     assert run.returncode == ExitCode.COMMAND_NOT_EXECUTABLE
+    script.write_text("#!/no/such/python\n")
+    script.chmod(0o755)
+    run = roman_bucket.run("roman", "ops", "--", str(script))
+    assert run.returncode == ExitCode.COMMAND_NOT_EXECUTABLE, "as a shell says it: 126, not 'not found'"
+    assert "the interpreter its #! line names does not exist" in only_error(run)
+
+
+def test_a_prefix_that_names_no_cache_says_to_check_it(roman_bucket):
+    run = roman_bucket.run("roman", "ops", CRDS_S3_PREFIX="/roman/crd")
+    assert run.returncode == ExitCode.S3_ACCESS
+    assert "check that --bucket/--prefix (CRDS_S3_BUCKET/CRDS_S3_PREFIX) name a CRDS cache" in only_error(run)
+
+
+def test_an_irsa_token_file_that_is_not_there_is_not_a_missing_object(roman_bucket):
+    env = roman_bucket.env(AWS_ROLE_ARN="arn:aws:iam::123456789012:role/crds-job",
+                           AWS_WEB_IDENTITY_TOKEN_FILE="/no/such/token")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        del env[name]
+    run = roman_bucket.run("roman", "ops", env=env)
+    assert run.returncode == ExitCode.S3_ACCESS
+    message = only_error(run)
+    assert "could not read /no/such/token" in message and "AWS_WEB_IDENTITY_TOKEN_FILE" in message
 
 
 VERIFY = """

@@ -27,7 +27,7 @@ from conftest import (
 from faults import FaultProxy, Rule
 
 from crds_job import datasets, environments, launch, plan, settings
-from crds_job.errors import BucketContentError, ExitCode, UsageError
+from crds_job.errors import BucketContentError, DatasetError, ExitCode, S3AccessError, UsageError
 from crds_job.sample import context
 from crds_job.sample import datasets as sample_datasets
 
@@ -440,6 +440,25 @@ def test_a_dataset_s3_fails_to_serve_is_an_s3_access_error(s3, hst_bucket, hst_d
     assert run.returncode == ExitCode.S3_ACCESS, run.stderr
     assert "acs_raw.fits cannot be read" in run.errors[0]["event"] and "run the job again" in run.errors[0]["event"]
     assert not references_in(hst_bucket.cache)
+
+
+def test_a_dataset_url_s3_cannot_have_is_a_dataset_error(hst_bucket):
+    """Not a retryable S3 error (69): no attempt will make the URL valid."""
+    run = hst_bucket.run("hst", "ops", "--datasets", "s3://Bad_Bucket!/x_raw.fits")
+    assert run.returncode == ExitCode.DATASET, run.stderr
+    assert "check the dataset's URL" in run.errors[0]["event"]
+    assert not references_in(hst_bucket.cache)
+
+
+@pytest.mark.parametrize("url, reason", [(False, "forbidden"), (True, "denied")])
+def test_a_local_file_the_job_may_not_read_is_the_datasets_fault_an_objects_is_s3s(url, reason):
+    """A file's mode stays as it is (66, final); S3's 403 may pass with a policy or role change (69)."""
+    from crds_job import bestrefs
+
+    assert bestrefs._read_failure(PermissionError(13, "Permission denied"), url)[0] == reason
+    answer = {"dataset": "s3://b/x_raw.fits" if url else "/data/x_raw.fits", "error": reason, "message": "denied"}
+    with pytest.raises(S3AccessError if url else DatasetError):
+        bestrefs._choice(answer, "hst_0001.pmap")
 
 
 def test_crds_killed_while_choosing_is_not_called_a_bucket_fault(s3, hst_bucket, hst_datasets):

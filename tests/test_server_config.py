@@ -48,6 +48,9 @@ def test_plain_metadata_is_accepted_too_and_none_sha1_means_size_only():
     (config_bytes(download_metadata={"a": {"size": "-1"}}), "negative size"),
     (config_bytes(download_metadata={"a": {"size": "1", "sha1sum": "zz"}}), "malformed sha1sum"),
     (config_bytes(download_metadata=[1]), "not a dict of files"),
+    (config_bytes(download_metadata=crds_encode({"a": {"size": float("inf")}})), "no integer size"),  # Infinity
+    (config_bytes(bad_files_list=5), "bad_files_list is not a list of file names"),
+    (config_bytes(bad_files_list=["a.asdf", 3]), "bad_files_list is not a list of file names"),
 ])
 def test_unusable_configs_are_refused(data, message):
     with pytest.raises(BucketContentError, match=message) as caught:
