@@ -17,6 +17,7 @@ request names (not stdout, where a library's C code or subprocess may write).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cache import c_function
 from .datasets import is_url
 from .errors import BucketContentError, CrdsJobError, DatasetError, S3AccessError, UsageError
 
@@ -52,6 +54,9 @@ class Choice:
         return {"dataset": self.dataset, "instrument": self.instrument, "references": dict(self.references),
                 "not_applicable": list(self.not_applicable), "unmatched": dict(self.unmatched)}
 
+
+#: prctl(2)'s request for a signal when the parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
 
 _TODO = {
     "missing": "check the path or URL and that the job can read it, or pass --all-references",
@@ -146,7 +151,7 @@ async def choose(
     """
     answer_path = os.path.join(scratch, "answer.json")
     request = {"datasets": list(datasets), "context": context, "observatory": observatory,
-               "anonymous": anonymous, "answer": answer_path}
+               "anonymous": anonymous, "answer": answer_path, "parent": os.getpid()}
     answer = await _run_child(request, env, answer_path)
     if answer.get("fatal") == _CRDS_MISSING:
         raise UsageError("warming only the datasets' references needs the crds library, which is not installed "
@@ -246,9 +251,22 @@ def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anon
                 unmatched=unmatched)
 
 
+def _die_with(parent: int) -> None:
+    """End this child when the warm that started it ends, even by SIGKILL, which it cannot pass on.
+
+    Otherwise a killed job leaves crds reading datasets for up to the timeout.
+    """
+    prctl = c_function("prctl", ctypes.c_int, ctypes.c_ulong)
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request could be read
+        os._exit(1)
+
+
 def main() -> int:
     """The child: read the request, write the answer to the file it names; crds's chatter goes to stderr."""
     request = json.load(sys.stdin)
+    _die_with(request["parent"])
     sys.stdout = sys.stderr
     try:
         import crds

@@ -461,10 +461,22 @@ def test_a_local_file_the_job_may_not_read_is_the_datasets_fault_an_objects_is_s
         bestrefs._choice(answer, "hst_0001.pmap")
 
 
+def crds_child(process: subprocess.Popen, proxy: FaultProxy) -> int:
+    """The pid of crds-job's crds child, once it is reading the (slowed) dataset."""
+    import time
+
+    for _ in range(600):  # the child starts once the mappings are in
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as listing:
+            children = listing.read().split()
+        if children and proxy.gets("inputs/acs_raw"):
+            return int(children[0])
+        time.sleep(0.05)
+    raise AssertionError("the crds child never started reading the dataset")
+
+
 def test_crds_killed_while_choosing_is_not_called_a_bucket_fault(s3, hst_bucket, hst_datasets):
     """An out-of-memory kill of the crds child: one line saying so, and not 65, which ends a Job for good."""
     import signal
-    import time
 
     with open(hst_datasets["ACS"], "rb") as handle:
         hst_bucket.put("inputs/acs_raw.fits", handle.read())
@@ -475,15 +487,7 @@ def test_crds_killed_while_choosing_is_not_called_a_bucket_fault(s3, hst_bucket,
             env=hst_bucket.env(AWS_ENDPOINT_URL_S3=proxy.endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
         try:
-            children: list[str] = []
-            for _ in range(600):  # the child starts once the mappings are in
-                with open(f"/proc/{process.pid}/task/{process.pid}/children") as listing:
-                    children = listing.read().split()
-                if children and proxy.gets("inputs/acs_raw"):
-                    break
-                time.sleep(0.05)
-            assert children, "the crds child started"
-            os.kill(int(children[0]), signal.SIGKILL)
+            os.kill(crds_child(process, proxy), signal.SIGKILL)
             _, stderr = process.communicate(timeout=60)
         finally:
             if process.poll() is None:
@@ -492,6 +496,35 @@ def test_crds_killed_while_choosing_is_not_called_a_bucket_fault(s3, hst_bucket,
     assert process.returncode == ExitCode.INTERNAL, stderr
     assert "crds was killed by SIGKILL while choosing references" in stderr
     assert not references_in(hst_bucket.cache)
+
+
+def test_the_crds_child_ends_with_a_warm_killed_outright(s3, hst_bucket, hst_datasets):
+    """SIGKILL cannot be passed on: the child asked the kernel to end it with its parent (PR_SET_PDEATHSIG)."""
+    import signal
+    import time
+
+    with open(hst_datasets["ACS"], "rb") as handle:
+        hst_bucket.put("inputs/acs_raw.fits", handle.read())
+    with FaultProxy(s3.endpoint) as proxy:
+        proxy.rules = [Rule("slow", path="inputs/acs_raw", delay=30)]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "crds_job", "hst", "ops", "--datasets", f"s3://{hst_bucket.name}/inputs/acs_raw.fits"],
+            env=hst_bucket.env(AWS_ENDPOINT_URL_S3=proxy.endpoint), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        child = crds_child(process, proxy)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        for _ in range(200):
+            try:
+                with open(f"/proc/{child}/stat") as stat:
+                    if stat.read().rsplit(")", 1)[1].split()[0] == "Z":  # gone, awaiting its reaper
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError("the crds child outlived the killed warm")
 
 
 @pytest.mark.skipif(not READ_ONLY_MOUNTS, reason="needs user+mount namespaces (unshare -rm) for a read-only bind mount")
