@@ -15,6 +15,7 @@ Our options end where the command begins, so the command keeps its own flags.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import os
 import re
@@ -231,8 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
             if option.choices:
                 kwargs["choices"] = option.choices
         parser.add_argument(option.flag, **kwargs)
+    parser.add_argument("--version", action="version", version=f"crds-job {_version()}")
     parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version: what an image's crds-job reports in a bug report."""
+    try:
+        return importlib.metadata.version("crds-job")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "(not installed)"
 
 
 def _resolve(option: Option, argv_value: Any, environ: Mapping[str, str]) -> tuple[Any, str]:
@@ -328,6 +338,12 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
     if values["context"]:
         values["context"] = values["context"].strip()
     values["cache"] = os.path.abspath(os.path.expanduser(values["cache"]))
+    clashes = {("fsync_each", "fsync"): values["fsync_each"] and not values["fsync"],
+               ("mappings_only", "all_references"): values["mappings_only"] and values["all_references"]}
+    for pair, clash in clashes.items():
+        if clash:  # neither may silently win: the job would not do what one of them says
+            given = [_as_given(name, values[name]) + f" (from {sources[name]})" for name in pair]
+            raise UsageError(f"{given[0]} cannot be combined with {given[1]}", "drop one of them")
     if values["datasets"]:
         clash = [OPTION_BY_NAME[name].flag for name in ("all_references", "mappings_only", "instruments")
                  if values[name]]
@@ -341,6 +357,12 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
         sources=sources,
         **values,
     )
+
+
+def _as_given(name: str, value: Any) -> str:
+    """How a switch's value is written on argv: ``--fsync-each``, ``--no-fsync``."""
+    flag = OPTION_BY_NAME[name].flag
+    return flag if value is not False else "--no-" + flag[2:]
 
 
 def env_names() -> list[str]:

@@ -49,15 +49,16 @@ def test_every_option_has_a_twin_that_works():
         "context": "roman_0001.pmap", "cache": "/c", "instruments": "wfi", "mappings_only": "1",
         "concurrency": "3", "part_size": "1MiB", "memory_budget": "64M", "retries": "2", "dry_run": "yes",
         "verify_existing": "true", "allow_fetch": "on", "ref_subdir_mode": "instrument", "bucket": "b",
-        "prefix": "/p", "env_file": "/e", "fsync": "0", "fsync_each": "1", "progress_interval": "0.5",
-        "log_format": "console", "log_level": "debug", "all_references": "1",
+        "prefix": "/p", "env_file": "/e", "fsync": "on", "fsync_each": "1", "progress_interval": "0.5",
+        "log_format": "console", "log_level": "debug", "all_references": "0",  # (1 would clash with the others)
     }
     # --datasets excludes the whole-context options set here: its twin is tested in test_datasets.
     assert set(values) | {"datasets"} == {option.name for option in settings.OPTIONS}
     env = {settings.OPTION_BY_NAME[name].env: value for name, value in values.items()}
     s = parse(["roman", "ops"], **env)
     assert all(s.sources[name] == settings.OPTION_BY_NAME[name].env for name in values)
-    assert s.part_size == 2**20 and s.memory_budget == 64 * 2**20 and s.fsync is False and s.fsync_each
+    assert s.part_size == 2**20 and s.memory_budget == 64 * 2**20 and s.fsync is True and s.fsync_each
+    assert s.all_references is False
     assert s.instruments == ("wfi",) and s.mappings_only and s.allow_fetch and s.progress_interval == 0.5
 
 
@@ -90,6 +91,11 @@ def test_settings_fields_are_exactly_the_options():
     # nan passes "<= 0"; inf spins the progress timer or overflows it, and neither is JSON in the logs
     (["roman", "ops", "--progress-interval", "nan"], {}, "positive, finite"),
     (["roman", "ops"], {"CRDS_JOB_PROGRESS_INTERVAL": "inf"}, "positive, finite"),
+    # Two settings that contradict each other: neither silently wins
+    (["roman", "ops", "--fsync-each", "--no-fsync"], {}, "--fsync-each (from argv) cannot be combined with --no-fsync"),
+    (["roman", "ops"], {"CRDS_JOB_FSYNC": "0", "CRDS_JOB_FSYNC_EACH": "1"},
+     "--fsync-each (from CRDS_JOB_FSYNC_EACH) cannot be combined with --no-fsync (from CRDS_JOB_FSYNC)"),
+    (["roman", "ops", "--mappings-only", "--all-references"], {}, "--mappings-only (from argv) cannot be combined"),
 ])
 def test_bad_input_is_a_usage_error_with_exit_64(argv, env, message):
     with pytest.raises(UsageError) as caught:
@@ -110,6 +116,13 @@ def test_twins_are_read_without_the_blanks_around_them():
     assert (s.observatory, s.environment) == ("roman", "test")
     s = parse([], CRDS_JOB_OBSERVATORY=" roman\n", CRDS_JOB_ENVIRONMENT="ops\n", CRDS_JOB_CONCURRENCY="7\n")
     assert (s.observatory, s.environment, s.concurrency) == ("roman", "ops", 7)
+
+
+def test_version_goes_to_stdout(capsys):
+    with pytest.raises(SystemExit) as done:
+        parse(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("crds-job ")
 
 
 def test_empty_twins_count_as_unset():
