@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import json
 import os
+import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from . import launch, logs
 from . import settings as settings_module
@@ -23,42 +27,80 @@ from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
 from .settings import Settings
 from .warm import Outcome, warm
 
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _stopping_on_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], received: list[int]
+                         ) -> Iterator[None]:
+    """While inside, SIGINT/SIGTERM are recorded in ``received`` and cancel ``task`` (the first one only).
+
+    Recorded by a plain handler, the moment Python sees the signal, not by
+    ``loop.add_signal_handler``'s callback on a later loop pass, which never
+    comes for a signal landing as the warm returns. The wake-up descriptor
+    brings the loop out of its wait, whichever thread the kernel chose. On
+    the way out the signals are held (``launch.hold_stop_signals``), and one
+    Python saw but has not yet handled is handled then: none is lost.
+    """
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    loop.add_reader(reader.fileno(), _drain, reader)
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def handler(signum: int, _frame: object) -> None:
+        if not received:  # a second signal must not cancel the clean-up of the first
+            loop.call_soon_threadsafe(task.cancel)
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in launch.STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        launch.hold_stop_signals()  # runs the handler of a signal that came just before
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        signal.set_wakeup_fd(previous_fd)
+        loop.remove_reader(reader.fileno())
+        reader.close()
+        writer.close()
+
+
+def _drain(reader: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while reader.recv(4096):
+            pass
+
 
 def run_warm(settings: Settings, log: object) -> Outcome:
-    """Run the warm in an event loop that turns SIGINT/SIGTERM into a clean stop.
+    """Run the warm, stopped cleanly by SIGINT/SIGTERM (``run_stoppable``)."""
+    return run_stoppable(lambda: warm(settings, log))
+
+
+def run_stoppable(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work()`` in an event loop that turns SIGINT/SIGTERM into a clean stop.
 
     The signal cancels the warm; every file being written removes its temp
     file on the way out, and ``Interrupted`` carries the exit code 128+N.
-    Only the loop's thread takes them (worker threads hold them), once: a
-    second one must not cancel the clean-up of the first. From the warm's end
-    on they are held, so that none is lost or kills the job half-way through
-    writing the env file: ``launch.exec_command`` looks for one before the exec.
+    Worker threads hold the signals. From the warm's end on they stay held,
+    so that none is lost or kills the job half-way through its env file:
+    ``launch.exec_command`` looks for one before the exec, and the other ends
+    of a run let them go (``launch.release_stop_signals``).
     """
 
-    async def guarded() -> Outcome:
+    async def guarded() -> T:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(initializer=launch.hold_stop_signals))
         task = asyncio.current_task()
         assert task is not None
         received: list[int] = []
-
-        def stop(signum: int) -> None:
-            if not received:
-                task.cancel()
-            received.append(signum)
-
-        for signum in launch.STOP_SIGNALS:
-            loop.add_signal_handler(signum, stop, signum)
         try:
-            outcome = await warm(settings, log)
+            with _stopping_on_signals(loop, task, received):
+                outcome = await work()
         except asyncio.CancelledError:
             if received:
                 raise Interrupted(received[0]) from None
             raise
-        finally:
-            launch.hold_stop_signals()
-            for signum in launch.STOP_SIGNALS:
-                loop.remove_signal_handler(signum)
         if received:  # came as the warm returned: too late to cancel it, not too late to stop
             raise Interrupted(received[0], warm_done=True)
         return outcome
@@ -109,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcome = run_warm(settings, log)
         if settings.dry_run:
+            launch.release_stop_signals()  # nothing left to protect: a signal ends the job as it would any tool
             try:
                 sys.stdout.write(json.dumps(outcome.report(), indent=1) + "\n")
                 sys.stdout.flush()
@@ -121,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_env_file(settings.env_file, launch.shell_script(changes))
             log.info("wrote the command's CRDS environment", env_file=settings.env_file)
         if not settings.command:
+            launch.release_stop_signals()
             return ExitCode.OK
         log.info("exec", command=list(settings.command), context=outcome.context,
                  offline=not settings.allow_fetch)

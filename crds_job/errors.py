@@ -59,8 +59,8 @@ MEANING = {
     ExitCode.INTEGRITY: "a file's size or sha1 never matched the bucket's metadata, after every retry",
     ExitCode.COMMAND_NOT_EXECUTABLE: "the command exists but cannot be executed",
     ExitCode.COMMAND_NOT_FOUND: "the command is not on PATH",
-    ExitCode.INTERRUPTED_SIGINT: "interrupted by SIGINT during the warm (temp files removed)",
-    ExitCode.INTERRUPTED_SIGTERM: "interrupted by SIGTERM during the warm (temp files removed)",
+    ExitCode.INTERRUPTED_SIGINT: "interrupted by SIGINT before the command started (temp files removed)",
+    ExitCode.INTERRUPTED_SIGTERM: "interrupted by SIGTERM before the command started (temp files removed)",
 }
 
 
@@ -135,8 +135,8 @@ class Interrupted(CrdsJobError):
     def __init__(self, signum: int, warm_done: bool = False) -> None:
         name = signal.Signals(signum).name
         if warm_done:
-            super().__init__(f"interrupted by {name} after the warm, before the command started",
-                             "the cache is warm; run the job again to run the command")
+            super().__init__(f"interrupted by {name} as the warm ended, before any command started",
+                             "the cache is warm; run the job again if it is to go on")
         else:
             super().__init__(f"interrupted by {name} during the warm",
                              "the cache holds only verified files; run the job again to finish it")

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from .environments import Location
-from .errors import CommandNotExecutable, CommandNotFound, Interrupted
+from .errors import CommandNotExecutable, CommandNotFound, CrdsJobError, Interrupted
 
 #: What crds_s3_set exports to make the client read S3: removed for offline runs.
 S3_VARIABLES = (
@@ -104,6 +104,13 @@ def hold_stop_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
+def release_stop_signals() -> None:
+    """Let SIGINT/SIGTERM act again, with their default action: one held meanwhile ends the process now."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def stop_signal_pending() -> int | None:
     """A SIGINT/SIGTERM that arrived while held, if any: the job is to stop, not to start the command."""
     pending = signal.sigpending() & set(STOP_SIGNALS)
@@ -120,19 +127,27 @@ def exec_command(command: Sequence[str], env: Mapping[str, str]) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):  # either may be closed, or a pipe nobody reads
         with contextlib.suppress(OSError, ValueError, AttributeError):
             stream.flush()
-    for signum in (*STOP_SIGNALS, *_PYTHON_IGNORES):
-        signal.signal(signum, signal.SIG_DFL)
     waiting = stop_signal_pending()
     if waiting is not None:
         raise Interrupted(waiting, warm_done=True)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    for signum in _PYTHON_IGNORES:
+        signal.signal(signum, signal.SIG_DFL)
+    release_stop_signals()
     try:
         os.execvpe(command[0], list(command), dict(env))
-    except FileNotFoundError:
-        if shutil.which(command[0], path=env.get("PATH", os.defpath)):  # there, yet ENOENT: its #! interpreter
-            raise CommandNotExecutable(f"command {command[0]!r} could not start: the interpreter its #! line "
-                                       "names does not exist", "fix the script's first line, or the image") from None
-        raise CommandNotFound(f"command {command[0]!r} not found", "check the command and the image's PATH") from None
     except OSError as exc:
-        raise CommandNotExecutable(f"command {command[0]!r} could not start: {exc.strerror}",
-                                   "check the command's permissions and the image") from None
+        for signum in _PYTHON_IGNORES:  # ours again, while we say why the command did not start
+            signal.signal(signum, signal.SIG_IGN)
+        raise _cannot_start(command, env, exc) from None
+    raise AssertionError("unreachable: execvpe returns only by raising")
+
+
+def _cannot_start(command: Sequence[str], env: Mapping[str, str], exc: OSError) -> CrdsJobError:
+    """Why ``command`` could not be exec'd, as the error to raise."""
+    if isinstance(exc, FileNotFoundError):
+        if shutil.which(command[0], path=env.get("PATH", os.defpath)):  # there, yet ENOENT: its #! interpreter
+            return CommandNotExecutable(f"command {command[0]!r} could not start: the interpreter its #! line "
+                                        "names does not exist", "fix the script's first line, or the image")
+        return CommandNotFound(f"command {command[0]!r} not found", "check the command and the image's PATH")
+    return CommandNotExecutable(f"command {command[0]!r} could not start: {exc.strerror}",
+                                "check the command's permissions and the image")

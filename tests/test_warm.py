@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import structlog
@@ -270,7 +271,62 @@ def test_a_stop_signal_held_since_the_warm_ended_stops_the_job_instead_of_the_co
               "    sys.exit(stopped.exit_code)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 143, done.stderr
-    assert done.stdout.startswith("interrupted by SIGTERM after the warm, before the command started; ")
+    assert done.stdout.startswith("interrupted by SIGTERM as the warm ended, before any command started; ")
+
+
+def test_a_stop_signal_landing_as_the_warm_returns_is_not_lost():
+    """The signal comes after the work's last await: no loop pass will run a loop callback for it."""
+    script = ("import asyncio, os, signal, sys\n"
+              "from crds_job import cli\n"
+              "from crds_job.errors import Interrupted\n"
+              "async def work():\n"
+              "    await asyncio.sleep(0)\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    return 'done'\n"
+              "try:\n"
+              "    print(cli.run_stoppable(work))\n"
+              "except Interrupted as stopped:\n"
+              "    print(stopped)\n"
+              "    sys.exit(stopped.exit_code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, (done.stdout, done.stderr)
+    assert done.stdout.startswith("interrupted by SIGTERM as the warm ended")
+
+
+def test_a_dry_run_blocked_on_its_reader_still_stops_on_sigterm(roman_bucket):
+    """Signals are held from the warm's end only where something must not be cut short (env file, exec)."""
+    import fcntl
+    import signal
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: the plan will not fit, and nobody reads it
+    process = subprocess.Popen([sys.executable, "-m", "crds_job", "--dry-run", "roman", "ops"],
+                               env=roman_bucket.env(), stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    try:
+        for line in process.stderr:
+            if json.loads(line).get("event") == "plan":
+                break
+        for _ in range(100):  # until it waits on the full pipe
+            with open(f"/proc/{process.pid}/wchan") as wchan:
+                if "pipe" in wchan.read():
+                    break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        os.close(read_end)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_command_that_cannot_start_is_reported_even_to_a_stderr_nobody_reads(roman_bucket):
+    """The command's default SIGPIPE is given only to the command: our own error line must not kill us."""
+    process = subprocess.Popen([sys.executable, "-m", "crds_job", "roman", "ops", "--", "no-such-calibration-command"],
+                               env=roman_bucket.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process.stderr.close()
+    assert process.wait(timeout=120) == 127
 
 
 def test_a_dry_run_read_only_in_part_is_no_failure(roman_bucket):
