@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import json
 import os
 import signal
@@ -54,6 +55,9 @@ class Choice:
         return {"dataset": self.dataset, "instrument": self.instrument, "references": dict(self.references),
                 "not_applicable": list(self.not_applicable), "unmatched": dict(self.unmatched)}
 
+
+#: Errors of a read that may pass: s3fs's for S3's 5xx and throttling, a disk's, a network's.
+_PASSING_ERRNOS = frozenset({errno.EBUSY, errno.EREMOTEIO, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN})
 
 #: prctl(2)'s request for a signal when the parent dies (Linux).
 _PR_SET_PDEATHSIG = 1
@@ -131,7 +135,11 @@ async def _run_child(request: dict[str, Any], env: Mapping[str, str], answer_pat
         # bucket's fault (65, final): the environment's (out of memory, an unreadable HOME...).
         returncode = child.returncode or 0
         if returncode < 0:
-            raise CrdsJobError(f"crds was killed by {signal.Signals(-returncode).name} while choosing references",
+            try:
+                killer = signal.Signals(-returncode).name
+            except ValueError:  # a real-time signal has no name
+                killer = f"signal {-returncode}"
+            raise CrdsJobError(f"crds was killed by {killer} while choosing references",
                                "give the job more memory (an out-of-memory kill is the usual cause), "
                                "or pass --all-references") from None
         tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -205,9 +213,9 @@ def _read_failure(exc: Exception, url: bool) -> tuple[str, str]:
     if module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs")) or isinstance(exc, (ConnectionError,
                                                                                              TimeoutError)):
         return "access", text
-    if isinstance(exc, OSError) and exc.errno is not None:
+    if isinstance(exc, OSError) and exc.errno in _PASSING_ERRNOS:
         # A store's or a disk's failure, not the file's: s3fs turns S3's 5xx and throttling into
-        # OSError(EBUSY, EREMOTEIO, EIO...). A bad FITS file's OSError (astropy's) has no errno.
+        # OSError(EBUSY, EREMOTEIO...). Its 4xx (EINVAL...) will not pass, nor will astropy's "corrupt FITS".
         return "access", text
     return "unreadable", f"its header cannot be read: {text}"
 
@@ -220,7 +228,7 @@ def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anon
     try:
         header = _read_header(factory, source, observatory, anonymous)
     except Exception as exc:  # any failure to read: classified, so the exit code says what to do
-        reason, message = _read_failure(exc, is_url(source))
+        reason, message = _read_failure(exc, is_url(source) and not source.lower().startswith("file://"))
         return dict(answer, error=reason, message=message)
     try:
         instrument = utils.header_to_instrument(header).lower()

@@ -26,7 +26,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 #: A credential wherever the AWS SDK's debug lines may carry one: signed headers, presigned
 #: query strings, canonical requests, STS answers, credential process output.
 _CREDENTIAL = re.compile(
-    r"(?i)((?:x-amz-security-token|(?:aws_)?session_?token|(?:aws_)?secret_?access_?key|signature|credential)"
+    r"(?i)((?:x-amz-security-token|(?:aws_)?session_?token|(?:aws_)?secret_?access_?key|(?:aws_)?access_?key_?id"
+    r"|web_?identity_?token|signature|credential)"
     r"(?:['\"]?\s*[:=]\s*b?['\"]?|>))[^\s'\",<&]+"
 )
 REDACTED = "[redacted]"
@@ -38,9 +39,20 @@ def redact_text(text: str) -> str:
     return _CREDENTIAL.sub(lambda match: match.group(1) + REDACTED, text)
 
 
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it redacted, however deep (a command's arguments, a dataset list...)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redacted(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    return value
+
+
 def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: no credential reaches a log line, whoever logged it."""
-    return {key: redact_text(value) if isinstance(value, str) else value for key, value in event.items()}
+    return _redacted(event)  # type: ignore[no-any-return]
 
 
 class _Stderr:

@@ -57,11 +57,13 @@ def parse_size(text: str) -> int:
     return number * 1024 ** " kmgt".index(unit or " ")
 
 
-def _positive(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+def _positive(cast: Callable[[str], Any], most: float, shown: str = "") -> Callable[[str], Any]:
+    """A parser of numbers in (0, ``most``]: nan passes "<= 0", and inf or 10**400 would spin a
+    timer, overflow one, or reach the SDK's pools and retry loops as nonsense."""
     def parse(text: str) -> Any:
         value = cast(text)
-        if not value > 0 or not math.isfinite(value):  # nan passes "<= 0"; inf would spin or overflow a timer
-            raise ValueError(f"expected a positive, finite number, got {text!r}")
+        if not 0 < value <= most or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"expected a positive number up to {shown or f'{most:g}'}, got {text[:40]!r}")
         return value
 
     return parse
@@ -115,13 +117,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("mappings_only", "warm the context's mappings, no references",
            parse=parse_bool, default=False, flag_value=True),
     Option("concurrency", "S3 requests in flight at once",
-           parse=_positive(int), default=32, metavar="N"),
+           parse=_positive(int, 4096), default=32, metavar="N"),
     Option("part_size", "size of the ranged GETs a large file is split into",
-           parse=_positive(parse_size), default=8 * 2**20, metavar="BYTES"),
+           parse=_positive(parse_size, 2**40, "1TiB"), default=8 * 2**20, metavar="BYTES"),
     Option("memory_budget", "bytes of downloaded data held in memory at most",
-           parse=_positive(parse_size), default=64 * 2**20, metavar="BYTES"),
+           parse=_positive(parse_size, 2**40, "1TiB"), default=64 * 2**20, metavar="BYTES"),
     Option("retries", "attempts per S3 request and per file before giving up",
-           parse=_positive(int), default=5, metavar="N"),
+           parse=_positive(int, 100), default=5, metavar="N"),
     Option("dry_run", "print the plan (files, bytes, what is cached) as JSON on stdout; "
            "fetch nothing, run nothing", parse=parse_bool, default=False, flag_value=True),
     Option("verify_existing", "re-hash files already in the cache instead of trusting their size",
@@ -144,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("fsync_each", "fsync each file before its rename even on a local disk, keeping no journal",
            parse=parse_bool, default=False, flag_value=True),
     Option("progress_interval", "seconds between progress lines",
-           parse=_positive(float), default=5.0, metavar="SECONDS"),
+           parse=_positive(float, 86400), default=5.0, metavar="SECONDS"),
     Option("log_format", "json lines (default) or human-readable console lines on stderr",
            default="json", choices=("json", "console")),
     Option("log_level", "least severe log level written", default="info",

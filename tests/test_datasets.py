@@ -450,6 +450,18 @@ def test_a_dataset_url_s3_cannot_have_is_a_dataset_error(hst_bucket):
     assert not references_in(hst_bucket.cache)
 
 
+@pytest.mark.parametrize("error, reason", [
+    (OSError(16, "Service Unavailable"), "access"),  # s3fs's 503: may pass
+    (OSError(121, "Internal Server Error"), "access"),
+    (OSError(22, "Invalid Request"), "unreadable"),  # s3fs's 400: will not
+    (OSError("Empty or corrupt FITS file"), "unreadable"),  # astropy's
+])
+def test_only_failures_that_may_pass_make_a_dataset_retryable(error, reason):
+    from crds_job import bestrefs
+
+    assert bestrefs._read_failure(error, url=True)[0] == reason
+
+
 @pytest.mark.parametrize("url, reason", [(False, "forbidden"), (True, "denied")])
 def test_a_local_file_the_job_may_not_read_is_the_datasets_fault_an_objects_is_s3s(url, reason):
     """A file's mode stays as it is (66, final); S3's 403 may pass with a policy or role change (69)."""

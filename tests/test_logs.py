@@ -7,6 +7,7 @@ import pytest
 from crds_job.logs import REDACTED, redact_text
 
 KEY_ID, SECRET, TOKEN = "AKIAKEYID1234567", "wJalrXUtnFEMIK7MDENGbPxRfiCYSECRET", "IQoJb3JpZ2luX2VjEBSESSIONTOKEN"
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2lnbmF0dXJl"  # a service account's token
 
 
 @pytest.mark.parametrize("line", [
@@ -19,14 +20,18 @@ KEY_ID, SECRET, TOKEN = "AKIAKEYID1234567", "wJalrXUtnFEMIK7MDENGbPxRfiCYSECRET"
     # a presigned URL
     f"https://b.s3.amazonaws.com/k?X-Amz-Credential={KEY_ID}%2F2026&X-Amz-Security-Token={TOKEN}&X-Amz-Signature=ab",
     # STS's answer to AssumeRoleWithWebIdentity (IRSA), and a credential process's output
-    f"Response body:\nb'<Credentials><AccessKeyId>ASIA</AccessKeyId><SecretAccessKey>{SECRET}</SecretAccessKey>"
+    f"Response body:\nb'<Credentials><AccessKeyId>{KEY_ID}</AccessKeyId><SecretAccessKey>{SECRET}</SecretAccessKey>"
     f"<SessionToken>{TOKEN}</SessionToken></Credentials>'",
-    f'{{"Version": 1, "AccessKeyId": "ASIA", "SecretAccessKey": "{SECRET}", "SessionToken": "{TOKEN}"}}',
+    f'{{"Version": 1, "AccessKeyId": "{KEY_ID}", "SecretAccessKey": "{SECRET}", "SessionToken": "{TOKEN}"}}',
+    # botocore.endpoint's AssumeRoleWithWebIdentity request (IRSA), at debug: the JWT assumes the role
+    f"Making request for OperationModel(name=AssumeRoleWithWebIdentity) with params: {{'body': {{'Action': "
+    f"'AssumeRoleWithWebIdentity', 'RoleArn': 'arn:aws:iam::1:role/r', 'WebIdentityToken': '{JWT}'}}}}; "
+    f"as sent: Action=AssumeRoleWithWebIdentity&WebIdentityToken={JWT}&Version=2011-06-15",
     f"aws_secret_access_key = {SECRET}\naws_session_token={TOKEN}",
 ])
 def test_credentials_are_redacted_from_any_line(line):
     redacted = redact_text(line)
-    assert SECRET not in redacted and TOKEN not in redacted and KEY_ID not in redacted
+    assert SECRET not in redacted and TOKEN not in redacted and JWT not in redacted and KEY_ID not in redacted
     assert REDACTED in redacted
 
 
@@ -37,6 +42,16 @@ def test_credentials_are_redacted_from_any_line(line):
 ])
 def test_our_own_messages_about_credentials_are_left_whole(line):
     assert redact_text(line) == line
+
+
+def test_credentials_deep_in_a_log_lines_values_are_redacted():
+    """A presigned URL given as a dataset is logged in lists (the settings, the command, the datasets)."""
+    from crds_job.logs import redact
+
+    url = f"https://b.s3.amazonaws.com/x_raw.fits?X-Amz-Credential={KEY_ID}%2F2026&X-Amz-Security-Token={TOKEN}"
+    event = redact(None, "info", {"event": "starting", "settings": {"command": ["calwf3", url], "datasets": (url,)}})
+    assert TOKEN not in str(event) and KEY_ID not in str(event)
+    assert isinstance(event["settings"]["datasets"], tuple) and event["settings"]["command"][0] == "calwf3"
 
 
 def test_debug_logs_carry_no_credential(roman_bucket):

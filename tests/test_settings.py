@@ -89,8 +89,11 @@ def test_settings_fields_are_exactly_the_options():
     (["roman", "ops", "--", ""], {}, "the command to run is an empty word"),
     (["roman", "ops", " ", "x"], {}, "the command to run is an empty word"),
     # nan passes "<= 0"; inf spins the progress timer or overflows it, and neither is JSON in the logs
-    (["roman", "ops", "--progress-interval", "nan"], {}, "positive, finite"),
-    (["roman", "ops"], {"CRDS_JOB_PROGRESS_INTERVAL": "inf"}, "positive, finite"),
+    (["roman", "ops", "--progress-interval", "nan"], {}, "expected a positive number up to 86400"),
+    (["roman", "ops"], {"CRDS_JOB_PROGRESS_INTERVAL": "inf"}, "expected a positive number up to 86400"),
+    (["roman", "ops", "--retries", "1" + "0" * 400], {}, "expected a positive number up to 100"),  # a traceback once
+    (["roman", "ops"], {"CRDS_JOB_CONCURRENCY": "5000"}, "expected a positive number up to 4096"),
+    (["roman", "ops", "--part-size", "2TiB"], {}, "expected a positive number up to 1TiB"),
     # Two settings that contradict each other: neither silently wins
     (["roman", "ops", "--fsync-each", "--no-fsync"], {}, "--fsync-each (from argv) cannot be combined with --no-fsync"),
     (["roman", "ops"], {"CRDS_JOB_FSYNC": "0", "CRDS_JOB_FSYNC_EACH": "1"},
