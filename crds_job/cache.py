@@ -94,15 +94,22 @@ def reading(path: str) -> Iterator[None]:
     except FileNotFoundError:
         raise
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # opened with ``no_follow``
+            raise link_refused(exc.filename or path) from None
         raise CacheError(f"cannot read {exc.filename or path} in the cache: {exc.strerror}",
                          "make the cache readable by the job's user (its files and the folders above them), "
                          "or point --cache elsewhere") from exc
 
 
+def no_follow(path: str, flags: int) -> int:
+    """``open``'s opener for a file of the cache: a symbolic link there is refused, never followed."""
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def sha1_of(path: str) -> tuple[str, FileId]:
     """A file's sha1, and the identity of the very file it was computed from."""
     digest = hashlib.sha1()
-    with reading(path), open(path, "rb") as handle:
+    with reading(path), open(path, "rb", opener=no_follow) as handle:
         while chunk := handle.read(4 * 2**20):
             digest.update(chunk)
         return digest.hexdigest(), file_id(os.fstat(handle.fileno()))
@@ -227,6 +234,9 @@ def _try_lock(final: str) -> Claim | None:
         raise disk_full(exc, temp) or CacheError(
             f"cannot create {temp}: {exc.strerror}", "make the cache directory writable by the job's user"
         ) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device planted there
+        os.close(fd)
+        raise CacheError(f"{temp} is not a regular file", "remove it and run the job again")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -287,7 +297,7 @@ class Cache:
     def existing_mode(root: str, observatory: str) -> str | None:
         path = os.path.join(root, "config", observatory, MODE_FILE)
         try:
-            with reading(path), open(path, encoding="utf-8", errors="replace") as handle:
+            with reading(path), open(path, encoding="utf-8", errors="replace", opener=no_follow) as handle:
                 return handle.read().strip() or None
         except FileNotFoundError:
             return None
@@ -393,6 +403,16 @@ class Cache:
             if claim is not None:
                 return claim
             await asyncio.sleep(poll)
+
+    async def write(self, final: str, data: bytes, fsync: bool) -> None:
+        """Write small ``data`` to ``final`` atomically, after whoever is writing it now.
+
+        Waited for, not skipped: that writer may be killed before its rename,
+        and a warm that then reported success would leave the cache without
+        the file (the config, which the crds client cannot do without).
+        """
+        claim = await self.claim(final)
+        _fill(claim, data, fsync)
 
     def write_now(self, final: str, data: bytes, fsync: bool) -> bool:
         """Write small ``data`` to ``final`` atomically, unless another writer holds it.

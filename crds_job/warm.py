@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import bestrefs, datasets, launch, mapping, plan, server_config
-from .cache import MODE_FILE, Cache, FileId, file_id, reading, sha1_of
+from .cache import MODE_FILE, Cache, FileId, file_id, no_follow, reading, sha1_of
 from .durability import Durability
 from .errors import BucketContentError, CacheError, CrdsJobError, DatasetError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
@@ -302,14 +302,14 @@ class _Warm:
         return {self.cache.config_path(name): text.encode("utf-8") for name, text in files.items()
                 if name == server_config.NAME or self._read_config_file(name) != text}
 
-    def write_config(self, files: dict[str, bytes]) -> None:
+    async def write_config(self, files: dict[str, bytes]) -> None:
         for path, data in files.items():
-            self.cache.write_now(path, data, self.durability.needs_fsync(path))
+            await self.cache.write(path, data, self.durability.needs_fsync(path))
 
     def _read_config_file(self, name: str) -> str | None:
         path = self.cache.config_path(name)
         try:
-            with reading(path), open(path, encoding="utf-8") as handle:
+            with reading(path), open(path, encoding="utf-8", opener=no_follow) as handle:
                 return handle.read()
         except (FileNotFoundError, UnicodeDecodeError):
             return None
@@ -333,7 +333,7 @@ def _synced_now() -> str:
 
 def _read(path: str) -> tuple[bytes, FileId]:
     """A (small) file's bytes, and the identity of the very file they were read from."""
-    with reading(path), open(path, "rb") as handle:
+    with reading(path), open(path, "rb", opener=no_follow) as handle:
         return handle.read(), file_id(os.fstat(handle.fileno()))
 
 
@@ -432,7 +432,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         await fetch_all(job.fetcher, cache, to_fetch, corrupt)
     finally:
         reporter.cancel()
-    job.write_config(config_files)
+    await job.write_config(config_files)
     outcome.fetched = True
     log.info("warmed", context=context, cache=cache.root, **progress.summary())
     return outcome

@@ -353,6 +353,54 @@ def test_a_link_planted_in_the_cache_is_refused_and_never_followed(roman_bucket,
     assert outside.read_bytes() == b"precious"
 
 
+@pytest.mark.parametrize("name", ["server_config", "ref_cache_subdir_mode"])
+def test_a_config_file_replaced_by_a_link_is_refused_not_read_through(roman_bucket, tmp_path, name):
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    path = os.path.join(roman_bucket.cache, "config/roman", name)
+    outside = tmp_path / name
+    outside.write_bytes(open(path, "rb").read())
+    os.unlink(path)
+    os.symlink(outside, path)
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.CACHE, run.stderr
+    assert f"{name} is a symbolic link" in run.errors[0]["event"]
+
+
+def test_something_else_than_a_file_at_a_temp_files_name_is_refused(roman_bucket):
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    victim = os.path.join(roman_bucket.cache, "references/roman/roman_wfi_gain_0002.asdf")
+    os.unlink(victim)
+    os.mkfifo(temp_path(victim))
+    run = roman_bucket.run("roman", "ops")
+    assert run.returncode == ExitCode.CACHE, run.stderr
+    assert "is not a regular file" in run.errors[0]["event"]
+
+
+def test_a_config_file_another_writer_holds_is_waited_for_not_skipped(roman_bucket):
+    """That writer may die before its rename: a warm reporting success must leave the config in place."""
+    assert roman_bucket.run("roman", "ops").returncode == 0
+    final = os.path.join(roman_bucket.cache, "config/roman/server_config")
+    os.unlink(final)
+    holder = ("import fcntl, os, sys\n"
+              "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+              "print('held', flush=True)\n"
+              "sys.stdin.readline()\n")  # then exits, its lock gone and its temp file left, as kill -9 leaves them
+    with subprocess.Popen([sys.executable, "-c", holder, temp_path(final)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as other:
+        assert other.stdout.readline().strip() == "held"
+        process = start(roman_bucket, roman_bucket.env())
+        lines = wait_for_event(process, "plan")
+        time.sleep(1.0)  # the warm has nothing to fetch: it is at the config, waiting
+        assert process.poll() is None, "it waits for the other writer"
+        other.stdin.write("go\n")
+        other.stdin.flush()
+    run = finish(process, lines)
+    assert run.returncode == 0, run.stderr
+    assert os.path.exists(final)
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
 def test_a_cache_folder_linked_outside_is_refused(roman_bucket, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
