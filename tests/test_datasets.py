@@ -8,11 +8,13 @@ itself picks for the same files and context, offline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 from conftest import (
@@ -486,25 +488,32 @@ def crds_child(process: subprocess.Popen, proxy: FaultProxy) -> int:
     raise AssertionError("the crds child never started reading the dataset")
 
 
-def test_crds_killed_while_choosing_is_not_called_a_bucket_fault(s3, hst_bucket, hst_datasets):
-    """An out-of-memory kill of the crds child: one line saying so, and not 65, which ends a Job for good."""
-    import signal
-
-    with open(hst_datasets["ACS"], "rb") as handle:
-        hst_bucket.put("inputs/acs_raw.fits", handle.read())
+@contextlib.contextmanager
+def choosing_slowly(s3, bucket, datasets) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A selective warm whose crds child is reading an S3 dataset that takes 30 s: the warm, the child's pid."""
+    with open(datasets["ACS"], "rb") as handle:
+        bucket.put("inputs/acs_raw.fits", handle.read())
     with FaultProxy(s3.endpoint) as proxy:
         proxy.rules = [Rule("slow", path="inputs/acs_raw", delay=30)]
         process = subprocess.Popen(
-            [sys.executable, "-m", "crds_job", "hst", "ops", "--datasets", f"s3://{hst_bucket.name}/inputs/acs_raw.fits"],
-            env=hst_bucket.env(AWS_ENDPOINT_URL_S3=proxy.endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "crds_job", "hst", "ops", "--datasets", f"s3://{bucket.name}/inputs/acs_raw.fits"],
+            env=bucket.env(AWS_ENDPOINT_URL_S3=proxy.endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
         try:
-            os.kill(crds_child(process, proxy), signal.SIGKILL)
-            _, stderr = process.communicate(timeout=60)
+            yield process, crds_child(process, proxy)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_crds_killed_while_choosing_is_not_called_a_bucket_fault(s3, hst_bucket, hst_datasets):
+    """An out-of-memory kill of the crds child: one line saying so, and not 65, which ends a Job for good."""
+    import signal
+
+    with choosing_slowly(s3, hst_bucket, hst_datasets) as (process, child):
+        os.kill(child, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
     assert process.returncode == ExitCode.INTERNAL, stderr
     assert "crds was killed by SIGKILL while choosing references" in stderr
     assert not references_in(hst_bucket.cache)
@@ -515,15 +524,7 @@ def test_the_crds_child_ends_with_a_warm_killed_outright(s3, hst_bucket, hst_dat
     import signal
     import time
 
-    with open(hst_datasets["ACS"], "rb") as handle:
-        hst_bucket.put("inputs/acs_raw.fits", handle.read())
-    with FaultProxy(s3.endpoint) as proxy:
-        proxy.rules = [Rule("slow", path="inputs/acs_raw", delay=30)]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "crds_job", "hst", "ops", "--datasets", f"s3://{hst_bucket.name}/inputs/acs_raw.fits"],
-            env=hst_bucket.env(AWS_ENDPOINT_URL_S3=proxy.endpoint), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        child = crds_child(process, proxy)
+    with choosing_slowly(s3, hst_bucket, hst_datasets) as (process, child):
         process.send_signal(signal.SIGKILL)
         process.wait()
         for _ in range(200):
