@@ -94,22 +94,29 @@ def reading(path: str) -> Iterator[None]:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # opened with ``no_follow``
+        if exc.errno == errno.ELOOP:  # opened by ``open_in_cache``: a link
             raise link_refused(exc.filename or path) from None
         raise CacheError(f"cannot read {exc.filename or path} in the cache: {exc.strerror}",
                          "make the cache readable by the job's user (its files and the folders above them), "
                          "or point --cache elsewhere") from exc
 
 
-def no_follow(path: str, flags: int) -> int:
-    """``open``'s opener for a file of the cache: a symbolic link there is refused, never followed."""
+def _no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
+
+
+@contextlib.contextmanager
+def open_in_cache(path: str, mode: str = "rb", **options: Any) -> Iterator[Any]:
+    """``open`` a file of the cache to read it: a symbolic link there is refused, never followed,
+    and a file the job may not read stops it (``reading``)."""
+    with reading(path), open(path, mode, opener=_no_follow, **options) as handle:
+        yield handle
 
 
 def sha1_of(path: str) -> tuple[str, FileId]:
     """A file's sha1, and the identity of the very file it was computed from."""
     digest = hashlib.sha1()
-    with reading(path), open(path, "rb", opener=no_follow) as handle:
+    with open_in_cache(path) as handle:
         while chunk := handle.read(4 * 2**20):
             digest.update(chunk)
         return digest.hexdigest(), file_id(os.fstat(handle.fileno()))
@@ -297,7 +304,7 @@ class Cache:
     def existing_mode(root: str, observatory: str) -> str | None:
         path = os.path.join(root, "config", observatory, MODE_FILE)
         try:
-            with reading(path), open(path, encoding="utf-8", errors="replace", opener=no_follow) as handle:
+            with open_in_cache(path, "r", encoding="utf-8", errors="replace") as handle:
                 return handle.read().strip() or None
         except FileNotFoundError:
             return None

@@ -19,7 +19,9 @@ bytes, at about 0.5 GB/s, would only slow the warm.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+from collections.abc import Iterator
 from typing import Any
 
 import aiobotocore.session
@@ -109,9 +111,7 @@ def _client_error(exc: BaseException) -> botocore.exceptions.ClientError | None:
 
 
 def translate(exc: BaseException, uri: str, location: Location, credentials: str) -> CrdsJobError:
-    """Say in one line what an S3 failure means for this job, and what to do."""
-    if isinstance(exc, CrdsJobError):
-        return exc
+    """Say in one line what an S3 failure (``s3_failure``) means for this job, and what to do."""
     client_error = _client_error(exc)
     code = str(client_error.response.get("Error", {}).get("Code", "")) if client_error else ""
     if isinstance(exc, botocore.exceptions.NoCredentialsError) or (
@@ -265,6 +265,16 @@ class Bucket:
         assert self._fs is not None, "use Bucket as an async context manager"
         return self._fs
 
+    @contextlib.contextmanager
+    def _translated(self, uri: str) -> Iterator[None]:
+        """Every S3 failure inside becomes one clear error about ``uri``; a bug stays one."""
+        try:
+            yield
+        except Exception as exc:
+            if not s3_failure(exc):
+                raise
+            raise translate(exc, uri, self.location, self.credentials) from exc
+
     async def read(
         self, area: str, name: str, start: int | None = None, end: int | None = None, most: int | None = None
     ) -> bytes:
@@ -291,7 +301,7 @@ class Bucket:
         params = {} if start is None or end is None else {"Range": f"bytes={start}-{end - 1}"}
         if checked:
             params["ChecksumMode"] = "ENABLED"
-        try:
+        with self._translated(uri):
             response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **params)
             body = response["Body"]
             try:
@@ -300,18 +310,10 @@ class Bucket:
                 return await _at_most(body, most, response.get("ContentLength"), uri)
             finally:
                 body.close()
-        except Exception as exc:  # every S3 failure becomes one clear error; a bug stays one
-            if not s3_failure(exc):
-                raise
-            raise translate(exc, uri, self.location, self.credentials) from exc
 
     async def list_names(self, area: str, suffix: str) -> list[str]:
         """Names in ``area`` ending with ``suffix`` (e.g. the contexts still in the bucket)."""
         folder = self.location.path(area)
-        try:
+        with self._translated(self.location.uri(area)):
             listing = await self.fs._ls(folder, detail=False, refresh=True)
-        except Exception as exc:
-            if not s3_failure(exc):
-                raise
-            raise translate(exc, self.location.uri(area), self.location, self.credentials) from exc
         return sorted(path.rsplit("/", 1)[-1] for path in listing if path.endswith(suffix))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import bestrefs, datasets, launch, mapping, plan, server_config
-from .cache import MODE_FILE, Cache, FileId, file_id, no_follow, reading, sha1_of
+from .cache import MODE_FILE, Cache, FileId, file_id, open_in_cache, sha1_of
 from .durability import Durability
 from .errors import BucketContentError, CacheError, CrdsJobError, DatasetError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
@@ -248,13 +248,7 @@ class _Warm:
             raise CacheError(f"no scratch directory for crds to choose references in: {exc}",
                              "give the job a writable TMPDIR (a /tmp volume on a read-only root)") from None
         try:
-            try:
-                self._scratch_cache(folder, the_plan, config)
-            except (OSError, CrdsJobError) as exc:  # TMPDIR's trouble, not the cache's
-                raise CacheError(f"cannot fill a scratch directory for crds to choose references in, {folder}: "
-                                 f"{getattr(exc, 'strerror', None) or exc}",
-                                 "give the job a writable TMPDIR with room (a /tmp volume on a read-only root)"
-                                 ) from None
+            self._scratch_cache(folder, the_plan, config)
             env = launch.apply(os.environ, launch.crds_environment(location, folder, the_plan.context, "flat",
                                                                    allow_fetch=False))
             choices, skipped = await bestrefs.choose(
@@ -280,16 +274,21 @@ class _Warm:
         is a complete cache); cached mappings are linked, unwritten ones written.
         """
         scratch = Cache(folder, self.bucket.location.observatory, "flat")
-        for entry in the_plan.mappings:
-            data = self.unwritten.get(entry)
-            if data is None:
-                scratch.ensure_folder(scratch.folder(entry.area))
-                os.symlink(self.cache.path(entry), scratch.path(entry))
-            else:
-                scratch.write_now(scratch.path(entry), data, fsync=False)
-        for name, text in ((server_config.NAME, server_config.for_cache(config, _synced_now())),
-                           (MODE_FILE, scratch.mode)):
-            scratch.write_now(scratch.config_path(name), text.encode("utf-8"), fsync=False)
+        try:
+            for entry in the_plan.mappings:
+                data = self.unwritten.get(entry)
+                if data is None:
+                    scratch.ensure_folder(scratch.folder(entry.area))
+                    os.symlink(self.cache.path(entry), scratch.path(entry))
+                else:
+                    scratch.write_now(scratch.path(entry), data, fsync=False)
+            for name, text in ((server_config.NAME, server_config.for_cache(config, _synced_now())),
+                               (MODE_FILE, scratch.mode)):
+                scratch.write_now(scratch.config_path(name), text.encode("utf-8"), fsync=False)
+        except (OSError, CrdsJobError) as exc:  # TMPDIR's trouble, not the cache's
+            raise CacheError(f"cannot fill a scratch directory for crds to choose references in, {folder}: "
+                             f"{getattr(exc, 'strerror', None) or exc}",
+                             "give the job a writable TMPDIR with room (a /tmp volume on a read-only root)") from None
 
     # ----- step 4 ---------------------------------------------------------------------------
 
@@ -309,7 +308,7 @@ class _Warm:
     def _read_config_file(self, name: str) -> str | None:
         path = self.cache.config_path(name)
         try:
-            with reading(path), open(path, encoding="utf-8", opener=no_follow) as handle:
+            with open_in_cache(path, "r", encoding="utf-8") as handle:
                 return handle.read()
         except (FileNotFoundError, UnicodeDecodeError):
             return None
@@ -333,7 +332,7 @@ def _synced_now() -> str:
 
 def _read(path: str) -> tuple[bytes, FileId]:
     """A (small) file's bytes, and the identity of the very file they were read from."""
-    with reading(path), open(path, "rb", opener=no_follow) as handle:
+    with open_in_cache(path) as handle:
         return handle.read(), file_id(os.fstat(handle.fileno()))
 
 
