@@ -33,7 +33,7 @@ T = TypeVar("T")
 @contextlib.contextmanager
 def _stopping_on_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], received: list[int]
                          ) -> Iterator[None]:
-    """While inside, SIGINT/SIGTERM are recorded in ``received`` and cancel ``task`` (the first one only).
+    """While inside, the stop signals are recorded in ``received`` and cancel ``task`` (the first one only).
 
     Recorded by a plain handler, the moment Python sees the signal, not by
     ``loop.add_signal_handler``'s callback on a later loop pass, which never
@@ -73,12 +73,12 @@ def _drain(reader: socket.socket) -> None:
 
 
 def run_warm(settings: Settings, log: object) -> Outcome:
-    """Run the warm, stopped cleanly by SIGINT/SIGTERM (``run_stoppable``)."""
+    """Run the warm, stopped cleanly by a stop signal (``run_stoppable``)."""
     return run_stoppable(lambda: warm(settings, log))
 
 
 def run_stoppable(work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work()`` in an event loop that turns SIGINT/SIGTERM into a clean stop.
+    """Run ``work()`` in an event loop that turns SIGINT/SIGTERM/SIGHUP into a clean stop.
 
     The signal cancels the warm; every file being written removes its temp
     file on the way out, and ``Interrupted`` carries the exit code 128+N.

@@ -30,6 +30,7 @@ class ExitCode(enum.IntEnum):
     INTEGRITY = 74  # EX_IOERR: a file's size or sha1 never matched, after every retry
     COMMAND_NOT_EXECUTABLE = 126  # as a shell reports it
     COMMAND_NOT_FOUND = 127  # as a shell reports it
+    INTERRUPTED_SIGHUP = 128 + signal.SIGHUP  # 129
     INTERRUPTED_SIGINT = 128 + signal.SIGINT  # 130
     INTERRUPTED_SIGTERM = 128 + signal.SIGTERM  # 143
 
@@ -59,6 +60,8 @@ MEANING = {
     ExitCode.INTEGRITY: "a file's size or sha1 never matched the bucket's metadata, after every retry",
     ExitCode.COMMAND_NOT_EXECUTABLE: "the command exists but cannot be executed",
     ExitCode.COMMAND_NOT_FOUND: "the command is not on PATH",
+    ExitCode.INTERRUPTED_SIGHUP: "interrupted by SIGHUP (its terminal went away) before the command started "
+                                 "(temp files removed)",
     ExitCode.INTERRUPTED_SIGINT: "interrupted by SIGINT before the command started (temp files removed)",
     ExitCode.INTERRUPTED_SIGTERM: "interrupted by SIGTERM before the command started (temp files removed)",
 }

@@ -41,7 +41,10 @@ PATH_OVERRIDES = tuple(
     if (part, suffix) != ("PATH", "")
 )
 #: The signals that stop a warm cleanly (``cli.run_warm``); from the warm's end to the exec they wait.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: One ignored when we started (``nohup``, ``&`` in a script) is left alone: ignored, it stays ignored
+#: for the command too, as a shell's ``exec`` would leave it.
+STOP_SIGNALS = tuple(signum for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                     if signal.getsignal(signum) != signal.SIG_IGN)
 #: Ignored by Python itself: given back their default action for the command.
 _PYTHON_IGNORES = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
@@ -100,19 +103,19 @@ def shell_script(changes: Mapping[str, str | None]) -> str:
 
 
 def hold_stop_signals() -> None:
-    """Make SIGINT/SIGTERM wait, in the calling thread: they are for the event loop, or the command."""
+    """Make the stop signals wait, in the calling thread: they are for the event loop, or the command."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 def release_stop_signals() -> None:
-    """Let SIGINT/SIGTERM act again, with their default action: one held meanwhile ends the process now."""
+    """Let the stop signals act again, with their default action: one held meanwhile ends the process now."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def stop_signal_pending() -> int | None:
-    """A SIGINT/SIGTERM that arrived while held, if any: the job is to stop, not to start the command."""
+    """A stop signal that arrived while held, if any: the job is to stop, not to start the command."""
     pending = signal.sigpending() & set(STOP_SIGNALS)
     return min(pending) if pending else None
 
@@ -120,7 +123,7 @@ def stop_signal_pending() -> int | None:
 def exec_command(command: Sequence[str], env: Mapping[str, str]) -> NoReturn:
     """Replace this process with ``command``; raise only if it cannot start, or a stop signal came first.
 
-    SIGINT/SIGTERM are held since the warm ended (``cli.run_warm``): one that
+    The stop signals are held since the warm ended (``cli.run_warm``): one that
     came meanwhile stops the job here; one that comes now reaches the command,
     or, in the instant before it starts, ends this process as it would end it.
     """

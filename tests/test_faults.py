@@ -175,7 +175,7 @@ def finish(process: subprocess.Popen, lines: list[str]) -> Run:
     return Run(process.returncode, out, stderr, *parse_logs(stderr))
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_a_signal_stops_the_warm_and_removes_its_temp_files(s3, tmp_path, proxy, signum, code):
     bucket = slow_bucket(s3, tmp_path)
     proxy.rules = [Rule("slow", path="references/", delay=0.3)]

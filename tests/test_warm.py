@@ -246,15 +246,32 @@ def signal_masks(status: str) -> dict[str, int]:
 
 
 def test_the_command_starts_with_the_signals_a_shell_would_give_it(roman_bucket):
-    """Python ignores SIGPIPE and SIGXFSZ, and the warm holds SIGINT/SIGTERM: none of that passes on."""
+    """Python ignores SIGPIPE and SIGXFSZ, and the warm holds the stop signals: none of that passes on."""
     import signal
 
     run = roman_bucket.run("roman", "ops", "--", "cat", "/proc/self/status")
     assert run.returncode == 0, run.stderr
     masks = signal_masks(run.stdout)
-    for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+    for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         bit = 1 << (number - 1)
         assert not masks["SigIgn"] & bit and not masks["SigBlk"] & bit, signal.Signals(number).name
+
+
+def test_a_stop_signal_ignored_at_start_stays_ignored_for_the_warm_and_the_command(roman_bucket):
+    """``nohup crds-job ...`` and ``crds-job ... &`` in a script: what the caller ignores, we ignore and pass on."""
+    import signal
+
+    def ignoring() -> None:
+        for number in (signal.SIGHUP, signal.SIGINT):
+            signal.signal(number, signal.SIG_IGN)
+
+    done = subprocess.run([sys.executable, "-m", "crds_job", "roman", "ops", "--", "cat", "/proc/self/status"],
+                          env=roman_bucket.env(), capture_output=True, text=True, timeout=120, preexec_fn=ignoring)
+    assert done.returncode == 0, done.stderr
+    masks = signal_masks(done.stdout)
+    for number in (signal.SIGHUP, signal.SIGINT):
+        assert masks["SigIgn"] & 1 << (number - 1), signal.Signals(number).name
+    assert not masks["SigIgn"] & 1 << (signal.SIGTERM - 1), "one not ignored at start still gets its default"
 
 
 def test_a_stop_signal_held_since_the_warm_ended_stops_the_job_instead_of_the_command(tmp_path):
