@@ -66,8 +66,34 @@ def header_checksum(text: str) -> str:
     return hashlib.sha1(kept.encode("utf-8")).hexdigest()
 
 
-def _selector_values(node: ast.AST, depth: int = 0) -> Iterator[str]:
-    """Yield the strings a selector can select, refusing every other construct."""
+def _surviving_values(node: ast.Dict, fold_case: bool) -> Iterator[ast.AST]:
+    """The values of a dict literal that its evaluation keeps: a repeated key keeps only its last.
+
+    The crds client runs the mapping, so a value shadowed by a later equal key
+    (by Python's equality: 1 == 1.0) is one it can never select; real rmaps
+    have such repeats. A pmap's or imap's keys it also folds to lower case
+    (``rmap.MappingSelectionsDict``). A key that is not a literal keeps its value.
+    """
+    surviving: dict[object, ast.AST] = {}
+    for key, value in zip(node.keys, node.values, strict=True):
+        if key is None:
+            raise MappingError(f"dict unpacking at line {node.lineno}")
+        try:
+            literal = ast.literal_eval(key)
+            hash(literal)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            literal = object()  # equal to no other key
+        if fold_case and isinstance(literal, str):
+            literal = literal.lower()
+        surviving[literal] = value
+    return iter(surviving.values())
+
+
+def _selector_values(node: ast.AST, depth: int = 0, fold_case: bool = False) -> Iterator[str]:
+    """Yield the strings a selector can select, refusing every other construct.
+
+    ``fold_case``: the selector is a pmap's or imap's dict, whose keys crds folds to lower case.
+    """
     if depth > MAX_SELECTOR_DEPTH:
         raise MappingError(f"selector nested deeper than {MAX_SELECTOR_DEPTH} levels")
     if isinstance(node, ast.Constant):
@@ -76,9 +102,7 @@ def _selector_values(node: ast.AST, depth: int = 0) -> Iterator[str]:
         elif node.value is not None and not isinstance(node.value, (int, float)):
             raise MappingError(f"unexpected constant {node.value!r} at line {node.lineno}")
     elif isinstance(node, ast.Dict):
-        for key, value in zip(node.keys, node.values, strict=True):
-            if key is None:
-                raise MappingError(f"dict unpacking at line {node.lineno}")
+        for value in _surviving_values(node, fold_case):
             yield from _selector_values(value, depth + 1)
     elif isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in SELECTOR_CALLS:
@@ -102,6 +126,8 @@ def _sections(name: str, text: str) -> tuple[dict, ast.AST]:
         raise MappingError(f"not parseable: {type(exc).__name__}: {exc}") from None
     found: dict[str, ast.AST] = {}
     for statement in tree.body:
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+            continue  # a docstring, say: the client's verifier lets a bare expression pass, and it names nothing
         if not (
             isinstance(statement, ast.Assign)
             and len(statement.targets) == 1
@@ -142,11 +168,12 @@ def parse(name: str, text: str, observatory: str, check_header_sum: bool = True)
         raise MappingError(f"header 'observatory' is {header.get('observatory')!r}, expected {observatory!r}")
     if kind != "pmap" and not _INSTRUMENT.match(str(header.get("instrument", "")).lower()):
         raise MappingError(f"header 'instrument' is {header.get('instrument')!r}, not an instrument's name")
-    if check_header_sum and header.get("sha1sum") != header_checksum(text):
+    # The client reads header values folded to lower case (``LowerCaseDict``): an upper-case sha1sum passes.
+    if check_header_sum and str(header.get("sha1sum", "")).lower() != header_checksum(text):
         raise MappingError("its header sha1sum does not match its text, so the crds client would refuse it")
     wanted = CHILD_KIND[kind]
     children: dict[str, None] = {}
-    for value in _selector_values(selector):
+    for value in _selector_values(selector, fold_case=kind != "rmap"):
         if names.is_special(value):
             continue
         try:

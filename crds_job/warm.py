@@ -29,7 +29,7 @@ from .errors import BucketContentError, CacheError, CrdsJobError, DatasetError, 
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
 from .remote import Bucket, Missing
-from .settings import Settings, parse_bool
+from .settings import Settings
 
 BAD_FILES = "bad_files.txt"
 #: A mapping is text of a few kB to a few MB; far more is not a mapping.
@@ -317,12 +317,17 @@ class _Warm:
         return [name for name in (MODE_FILE, server_config.NAME) if self._read_config_file(name) is None]
 
 
+#: The values the crds client reads as true (``config.env_str_to_bool``), exactly: not ``yes``, not `` 1``.
+_CRDS_TRUE = frozenset({"True", "true", "TRUE", "T", "t", "1"})
+
+
 def crds_ignores_mapping_checksum() -> bool:
-    """Whether the crds client will skip mappings' header checksums: only for a true value, as it reads one."""
-    try:
-        return parse_bool(os.environ.get("CRDS_IGNORE_MAPPING_CHECKSUM", ""))
-    except ValueError:  # unset, or a value crds refuses: it checks, so do we
-        return False
+    """Whether the crds client will skip mappings' header checksums, read as the client reads it.
+
+    Any other value than its true ones it checks (false) or refuses (anything
+    else, when it meets a bad checksum): either way we check too.
+    """
+    return os.environ.get("CRDS_IGNORE_MAPPING_CHECKSUM", "") in _CRDS_TRUE
 
 
 def _synced_now() -> str:

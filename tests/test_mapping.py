@@ -6,6 +6,7 @@ import pytest
 
 from crds_job import mapping
 from crds_job.sample.context import render_mapping, roman
+from crds_job.warm import crds_ignores_mapping_checksum
 
 RMAP_HEADER = {
     "mapping": "REFERENCE", "observatory": "HST", "instrument": "COS", "filekind": "DEADTAB",
@@ -129,3 +130,96 @@ def test_a_pmap_names_imaps_and_an_imap_names_rmaps_only():
     deep = pmap.replace("roman_wfi_0001.imap", "roman_wfi_dark_0001.rmap")
     with pytest.raises(mapping.MappingError, match="pmap may name only imap"):
         mapping.parse("roman_0001.pmap", deep, "roman", check_header_sum=False)
+
+
+ROMAN_HEADERS = {
+    "pmap": {"mapping": "PIPELINE", "observatory": "ROMAN", "derived_from": "x",
+             "parkey": ("ROMAN.META.INSTRUMENT.NAME",)},
+    "imap": {"mapping": "INSTRUMENT", "observatory": "ROMAN", "instrument": "WFI", "derived_from": "x",
+             "parkey": ("REFTYPE",)},
+    "rmap": {"mapping": "REFERENCE", "observatory": "ROMAN", "instrument": "WFI", "filekind": "DARK",
+             "derived_from": "x", "classes": ("Match", "UseAfter"), "file_ext": ".asdf", "filetype": "DARK",
+             "suffix": "dark", "text_descr": "d",
+             "parkey": (("ROMAN.META.INSTRUMENT.DETECTOR",), ("ROMAN.META.EXPOSURE.START_TIME",))},
+}
+
+
+def roman_mapping(name: str, selector: str) -> str:
+    kind = name.rsplit(".", 1)[1]
+    return render_mapping({**ROMAN_HEADERS[kind], "name": name}, selector)
+
+
+def duplicate_keys(serial: int) -> dict[str, str]:
+    """Repeated keys, as a real HST rmap has them: the client keeps the last value of each."""
+    pmap, imap, rmaps = f"roman_{serial}.pmap", f"roman_wfi_{serial}.imap", [f"roman_wfi_dark_{serial}{n}.rmap"
+                                                                             for n in (1, 2)]
+    return {
+        pmap: roman_mapping(pmap, f"{{\n    'WFI' : 'roman_wfi_{serial}0.imap',\n    'WFI' : '{imap}',\n}}"),
+        # A pmap's and an imap's keys are folded to lower case: 'DARK' and 'dark' are one key.
+        imap: roman_mapping(imap, f"{{\n    'DARK' : '{rmaps[0]}',\n    'dark' : '{rmaps[1]}',\n}}"),
+        rmaps[1]: roman_mapping(rmaps[1], """Match({
+    ('WFI01',) : UseAfter({
+        '2020-01-01 00:00:00' : 'roman_wfi_dark_a.asdf',
+        '2020-01-01 00:00:00' : 'roman_wfi_dark_b.asdf',
+    }),
+    (1,) : 'roman_wfi_dark_c.asdf',
+    (1.0,) : 'roman_wfi_dark_d.asdf',
+})"""),
+    }
+
+
+def upper_case_sha1sum(serial: int) -> dict[str, str]:
+    """The client reads header values in lower case, its sha1sum among them."""
+    name = f"roman_wfi_dark_{serial}.rmap"
+    text = roman_mapping(name, "Match({\n    ('WFI01',) : 'roman_wfi_dark_a.asdf',\n})")
+    checksum = mapping.header_checksum(text)
+    return {name: text.replace(checksum, checksum.upper())}
+
+
+def docstring(serial: int) -> dict[str, str]:
+    """The client's verifier lets a bare expression through, so a mapping may open with a docstring."""
+    name = f"roman_wfi_dark_{serial}.rmap"
+    text = roman_mapping(name, "Match({\n    ('WFI01',) : 'roman_wfi_dark_a.asdf',\n})")
+    documented = '"""A dark mapping."""\n' + text
+    return {name: documented.replace(mapping.header_checksum(text), mapping.header_checksum(documented))}
+
+
+@pytest.mark.parametrize("serial, make", [(501, duplicate_keys), (502, upper_case_sha1sum), (503, docstring)],
+                         ids=["duplicate keys", "upper-case sha1sum", "docstring"])
+def test_we_name_exactly_the_files_the_crds_client_would(tmp_path, monkeypatch, serial, make):
+    """What we plan from a mapping is what crds loads from it, checksums checked: no more, no less."""
+    rmap_module = pytest.importorskip("crds.core.rmap", reason="the crds client is in the test extra")
+    files = make(serial)
+    folder = tmp_path / "mappings" / "roman"
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    monkeypatch.setenv("CRDS_PATH", str(tmp_path))
+    monkeypatch.setenv("CRDS_READONLY_CACHE", "1")
+    top = min(files, key=lambda name: ("pmap", "imap", "rmap").index(name.rsplit(".", 1)[1]))
+    loaded = rmap_module.asmapping(str(folder / top), cached=False, ignore_checksum=False)
+
+    ours: dict[str, mapping.Mapping] = {}
+    todo = [top]
+    while todo:
+        name = todo.pop()
+        ours[name] = mapping.parse(name, files[name], "roman")
+        todo += [child for child in ours[name].children if ours[name].kind != "rmap" and child not in ours]
+    references = {child for parsed in ours.values() if parsed.kind == "rmap" for child in parsed.children}
+    assert set(ours) == set(loaded.mapping_names())
+    assert references == set(loaded.reference_names())
+
+
+@pytest.mark.parametrize("value", ["1", "T", "t", "True", "TRUE", "0", "f", "yes", "on", " 1", "", None])
+def test_crds_ignore_mapping_checksum_is_read_as_the_client_reads_it(monkeypatch, value):
+    """We skip the header check only when the client will: its own words for true, no others."""
+    config = pytest.importorskip("crds.core.config", reason="the crds client is in the test extra")
+    if value is None:
+        monkeypatch.delenv("CRDS_IGNORE_MAPPING_CHECKSUM", raising=False)
+    else:
+        monkeypatch.setenv("CRDS_IGNORE_MAPPING_CHECKSUM", value)
+    try:
+        client_ignores = config.get_ignore_checksum()
+    except ValueError:  # a value the client refuses: it never gets as far as skipping a check
+        client_ignores = False
+    assert crds_ignores_mapping_checksum() is client_ignores
