@@ -69,7 +69,8 @@ def _fail(what: str) -> BucketContentError:
 
 
 def _inflate(payload: str) -> bytes:
-    compressed = base64.b64decode(payload.encode("ascii"), validate=True)
+    # Line breaks, as base64.encodebytes writes them, the client's decoder skips: so do we.
+    compressed = base64.b64decode("".join(payload.split()).encode("ascii"), validate=True)
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing
     data = inflater.decompress(compressed, MAX_METADATA_BYTES)
     if inflater.unconsumed_tail:

@@ -58,6 +58,18 @@ def test_unusable_configs_are_refused(data, message):
     assert caught.value.exit_code == 65
 
 
+def test_a_payload_in_lines_decodes_as_the_client_decodes_it():
+    """base64.encodebytes breaks lines every 76 characters; the client's decoder skips them."""
+    proxy = pytest.importorskip("crds.client.proxy", reason="the crds client is in the test extra")
+    files = {f"roman_wfi_dark_{n:04d}.asdf": {"size": str(n), "sha1sum": "a" * 40} for n in range(40)}
+    payload = base64.encodebytes(gzip.compress(repr(files).replace("'", '"').encode())).decode("ascii")
+    assert "\n" in payload.strip()
+    encoded = {"crds_encoded": "1.0", "crds_payload": payload}
+    parsed = server_config.parse(config_bytes(download_metadata=encoded), "roman")
+    assert {name: info.size for name, info in parsed.metadata.items()} == {
+        name: int(info["size"]) for name, info in proxy.crds_decode(encoded).items()}
+
+
 def test_a_gzip_bomb_stops_at_the_bound(monkeypatch):
     monkeypatch.setattr(server_config, "MAX_METADATA_BYTES", 1000)
     payload = base64.b64encode(gzip.compress(b" " * 10_000)).decode()
