@@ -38,7 +38,7 @@ from .errors import CacheError, IntegrityError
 from .launch import hold_stop_signals
 from .plan import Entry
 from .progress import Progress
-from .remote import BodyCorrupt, Bucket, Transient
+from .remote import BodyCorrupt, Bucket, Part, Transient
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 20.0
@@ -132,15 +132,12 @@ class Fetcher:
 
     # ----- one pass over a file's bytes -------------------------------------------------------
 
-    async def _part(self, entry: Entry, start: int, end: int, whole: bool) -> list[bytes]:
-        span = (None, None) if whole else (start, end)
+    async def _part(self, entry: Entry, start: int, end: int, whole: bool) -> Part:
+        span = None if whole else (start, end)
         async with self._requests:  # the SDK's check only without a sha1, which checks end to end (``remote``)
-            chunks = await self.bucket.read_chunks(entry.area, entry.name, *span, checked=not entry.sha1)
-        received = sum(map(len, chunks))
-        self.progress.bytes_transferred += received
-        if not whole and received != end - start:
-            raise Mismatch(f"a ranged GET of {entry.name} returned {received} bytes, not {end - start}")
-        return chunks
+            part = await self.bucket.read_part(entry.area, entry.name, entry.size, span, checked=not entry.sha1)
+        self.progress.bytes_transferred += end - start
+        return part
 
     async def _stream(self, entry: Entry, sink: Callable[[list[bytes]], None]) -> str:
         """Pass ``entry``'s bytes, in order, to ``sink`` (run in the disk pool); return their sha1."""
@@ -155,15 +152,15 @@ class Fetcher:
         if len(spans) == 1:
             await self._budget.acquire(entry.size)
             try:
-                chunks = await self._part(entry, 0, entry.size, whole=True)
-                await self.in_thread(hashed, chunks)
+                part = await self._part(entry, 0, entry.size, whole=True)
+                await self.in_thread(hashed, part.chunks)
             finally:
                 self._budget.release(entry.size)
             return digest.hexdigest()
         # Parts start in order, each once its bytes fit in the budget, and are
         # written in order: the part being waited for always holds its budget,
         # so the pipeline cannot deadlock however many files share the budget.
-        queue: asyncio.Queue[tuple[asyncio.Task[list[bytes]], int] | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[asyncio.Task[Part], int] | None] = asyncio.Queue()
 
         async def produce() -> None:
             for start, end in spans:
@@ -173,13 +170,18 @@ class Fetcher:
             await queue.put(None)
 
         producer = asyncio.ensure_future(produce())
-        held: list[tuple[asyncio.Task[list[bytes]], int]] = []
+        held: list[tuple[asyncio.Task[Part], int]] = []
+        versions: set[str | None] = set()  # the ETags the parts came with
         try:
             while (item := await queue.get()) is not None:
                 task, amount = item
                 held.append(item)
-                chunks = await task
-                await self.in_thread(hashed, chunks)
+                part = await task
+                versions.add(part.etag)
+                if len(versions) > 1:  # replaced in the bucket between two GETs: never splice the two
+                    raise BodyCorrupt(f"{entry.name} changed in the bucket while its parts were read",
+                                      "run the job again")
+                await self.in_thread(hashed, part.chunks)
                 held.remove(item)
                 self._budget.release(amount)
             await producer

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiobotocore.session
@@ -34,6 +35,12 @@ from .errors import BucketContentError, CrdsJobError, S3AccessError, UsageError
 
 #: Most bytes taken from a response body at once (aiohttp hands over what it received, uncopied).
 READ_CHUNK = 8 * 2**20
+#: The slowest average rate at which a GET's bytes may arrive before it is given up as stalled and
+#: retried. The SDK's read timeout fires only after 60 s of silence: a server trickling a byte now
+#: and then would hold the job for ever. Low enough for 64 transfers sharing a slow link.
+MIN_RATE = 16 * 2**10
+#: What a GET may take on top of its bytes at MIN_RATE: connecting, the server's first byte.
+GET_GRACE = 120.0
 #: Server answers that mean "try again later".
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -58,7 +65,16 @@ class Oversized(BucketContentError):
 
 
 class BodyCorrupt(S3AccessError):
-    """The SDK's own checksum of a response body failed: the bytes were damaged on the way."""
+    """A response that is not the bytes asked for: damaged on the way (the SDK's own checksum
+    failed), or another range, length or version of the object than the one planned."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Bytes of an object as the socket delivered them (not joined), and which version they are of."""
+
+    chunks: list[bytes]
+    etag: str | None
 
 
 #: Failures of the connection or of a body in transit: the request may work next time.
@@ -184,22 +200,34 @@ async def _credential_source(session: aiobotocore.session.AioSession) -> str | N
     return str(getattr(credentials, "method", "unknown"))
 
 
-async def _at_most(body: Any, most: int, announced: int | None, uri: str) -> list[bytes]:
-    """A body's chunks, refused as ``Oversized`` once it is (or says it is) over ``most`` bytes."""
-
-    def refuse(size: str) -> Oversized:
-        return Oversized(f"{uri} is {size} bytes, over the {most} any such object could be",
-                         "the bucket holds something else under this name: fix or replace the object")
-
-    if announced is not None and announced > most:
+async def _at_most(body: Any, most: int | None, announced: int | None,
+                   refuse: Callable[[str], Exception]) -> list[bytes]:
+    """A body's chunks, refused with ``refuse(size)`` once it is (or says it is) over ``most`` bytes."""
+    if most is not None and announced is not None and announced > most:
         raise refuse(str(announced))
     chunks, held = [], 0
     async for chunk in body.iter_chunks(READ_CHUNK):
         held += len(chunk)
-        if held > most:  # no length announced, or not the one announced
+        if most is not None and held > most:  # no length announced, or not the one announced
             raise refuse(f"more than {most}")
         chunks.append(chunk)
     return chunks
+
+
+def _check_range(response: dict[str, Any], span: tuple[int, int], size: int, uri: str) -> None:
+    """Refuse, before reading its body, an answer that is not ``span`` of an object of ``size`` bytes.
+
+    A server that ignores the Range header (200 and the whole object), or an
+    object replaced by one of another size since its size was published,
+    would otherwise be read whole, only to be refused at the end.
+    """
+    start, end = span
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    got, wanted = (status, response.get("ContentRange")), (206, f"bytes {start}-{end - 1}/{size}")
+    if got != wanted:
+        raise BodyCorrupt(f"{uri} answered a GET of {wanted[1]} with {got[0]} {got[1] or 'and no range'}",
+                          "the object changed, or the endpoint does not serve ranges: run the job again, "
+                          "or raise --part-size above the largest file")
 
 
 class Bucket:
@@ -275,41 +303,68 @@ class Bucket:
                 raise
             raise translate(exc, uri, self.location, self.credentials) from exc
 
-    async def read(
-        self, area: str, name: str, start: int | None = None, end: int | None = None, most: int | None = None
-    ) -> bytes:
-        """The bytes of ``name`` in ``area`` (``[start, end)`` if given), in one piece, checked by the SDK."""
-        return b"".join(await self.read_chunks(area, name, start, end, checked=True, most=most))
+    @contextlib.asynccontextmanager
+    async def _get(self, area: str, name: str, **params: str) -> AsyncIterator[dict[str, Any]]:
+        """The answer to a GET of ``name`` in ``area``; its body is closed on the way out."""
+        bucket, key, _ = self.fs.split_path(self.location.path(area, name))
+        with self._translated(self.location.uri(area, name)):
+            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **params)
+            try:
+                yield response
+            finally:
+                response["Body"].close()
 
-    async def read_chunks(
-        self, area: str, name: str, start: int | None = None, end: int | None = None, checked: bool = False,
-        most: int | None = None,
-    ) -> list[bytes]:
-        """The bytes of ``name`` in ``area`` (``[start, end)`` if given), as the socket delivered them.
+    async def read(self, area: str, name: str, most: int | None = None) -> bytes:
+        """The bytes of ``name`` in ``area``, in one piece, checked by the SDK.
 
-        Not joined: joining would copy every byte once more, on the event loop,
-        which is most of a large file's cost here beyond the transfer itself.
-        ``checked``: the SDK validates the checksum the server stores with the
-        object, where it has one for the bytes asked (whole objects, not ranges);
-        a damaged body raises ``BodyCorrupt``. ``most``: a body longer than
-        this raises ``Oversized`` before it is held in memory (an object whose
-        size nothing published, e.g. the bucket's config).
+        ``most``: a body longer than this raises ``Oversized`` before it is
+        held in memory (an object whose size nothing published: the bucket's config).
         """
-        path = self.location.path(area, name)
         uri = self.location.uri(area, name)
-        bucket, key, _ = self.fs.split_path(path)
-        params = {} if start is None or end is None else {"Range": f"bytes={start}-{end - 1}"}
+
+        def refuse(size: str) -> Oversized:
+            return Oversized(f"{uri} is {size} bytes, over the {most} any such object could be",
+                             "the bucket holds something else under this name: fix or replace the object")
+
+        async with self._get(area, name, ChecksumMode="ENABLED") as response:
+            return b"".join(await _at_most(response["Body"], most, response.get("ContentLength"), refuse))
+
+    async def read_part(
+        self, area: str, name: str, size: int, span: tuple[int, int] | None = None, checked: bool = False
+    ) -> Part:
+        """Bytes ``[start, end)`` of ``name`` in ``area``, an object of ``size`` bytes (all of it without ``span``).
+
+        Not joined: joining would copy every byte once more, on the event
+        loop, which is most of a large file's cost here beyond the transfer.
+        Exactly the bytes asked for, or ``BodyCorrupt``: never more are held,
+        whatever the server sends. ``checked``: the SDK validates the checksum
+        the server stores with the object, where it has one for the bytes asked
+        (whole objects, not ranges). A GET slower on average than ``MIN_RATE``
+        is given up as ``Transient``.
+        """
+        start, end = span or (0, size)
+        uri = self.location.uri(area, name)
+        params = {"Range": f"bytes={start}-{end - 1}"} if span else {}
         if checked:
             params["ChecksumMode"] = "ENABLED"
-        with self._translated(uri):
-            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **params)
-            body = response["Body"]
-            try:
-                if most is None:
-                    return [chunk async for chunk in body.iter_chunks(READ_CHUNK)]
-                return await _at_most(body, most, response.get("ContentLength"), uri)
-            finally:
-                body.close()
+
+        def refuse(got: str) -> BodyCorrupt:
+            return BodyCorrupt(f"{uri} sent {got} bytes where {end - start} were asked for",
+                               "the object changed: run the job again, or report it")
+
+        try:
+            async with asyncio.timeout(GET_GRACE + (end - start) / MIN_RATE):
+                async with self._get(area, name, **params) as response:
+                    if span:
+                        _check_range(response, span, size, uri)
+                    chunks = await _at_most(response["Body"], end - start, response.get("ContentLength"), refuse)
+        except TimeoutError:
+            raise Transient(f"reading {uri} stalled: its bytes came slower than {MIN_RATE} bytes/s on average",
+                            "check the network and the endpoint, then run the job again") from None
+        received = sum(map(len, chunks))
+        if received != end - start:
+            raise refuse(str(received))
+        return Part(chunks, response.get("ETag"))
 
     async def list_names(self, area: str, suffix: str) -> list[str]:
         """Names in ``area`` ending with ``suffix`` (e.g. the contexts still in the bucket)."""

@@ -4,7 +4,9 @@ crds-job is pointed at the proxy (``AWS_ENDPOINT_URL_S3``); the proxy forwards
 each request to the real S3 server unchanged (the Host header included, so
 signatures still verify) and, when a rule matches, breaks the answer the way
 networks and S3 break them: an error status with S3's XML body, a connection
-reset mid-body, a body cut short, a flipped byte, a slow answer. Every
+reset mid-body, a body cut short, a flipped byte, a slow answer; and the way
+odd servers answer: more bytes than asked, the whole object for a range. A
+rule may also act on the bucket first (replace the object being read). Every
 request is recorded, so tests can also count downloads per object.
 """
 
@@ -18,6 +20,7 @@ import struct
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 S3_ERRORS = {
@@ -28,7 +31,7 @@ S3_ERRORS = {
 }
 
 #: Faults: an S3 error status, or a way of breaking a good answer.
-FAULTS = ("503", "500", "403", "expired", "reset", "truncate", "flip", "slow")
+FAULTS = ("503", "500", "403", "expired", "reset", "truncate", "flip", "slow", "long", "whole", "act")
 
 
 @dataclass
@@ -40,6 +43,8 @@ class Rule:
     times: int | None = None
     method: str = "GET"
     delay: float = 0.5  # for "slow": seconds before the body
+    extra: int = 1 << 20  # for "long": bytes sent beyond the answer's
+    action: Callable[[], None] | None = None  # for "act": run before the request goes upstream
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -159,9 +164,14 @@ class FaultProxy:
             if handler.command != "HEAD":  # as S3: a HEAD answer has no body, even an error's
                 handler.wfile.write(payload)
             return
+        headers = dict(handler.headers)
+        if rule and rule.fault == "act" and rule.action is not None:
+            rule.action()
+        if rule and rule.fault == "whole":  # a server that ignores ranges: 200 and the whole object
+            headers = {name: value for name, value in headers.items() if name.lower() != "range"}
         upstream = http.client.HTTPConnection(*self._upstream, timeout=60)
         try:
-            upstream.request(handler.command, handler.path, body=body, headers=dict(handler.headers))
+            upstream.request(handler.command, handler.path, body=body, headers=headers)
             response = upstream.getresponse()
             data = response.read()
             self._carry(handler, len(data))
@@ -170,6 +180,8 @@ class FaultProxy:
         finally:
             upstream.close()
         fault = rule.fault if rule else None
+        if fault == "long":
+            data += b"\0" * rule.extra  # type: ignore[union-attr]
         if fault and (handler.command != "GET" or status >= 300 or len(data) < 2):
             fault = None  # nothing to break in this answer
         record(fault, status)

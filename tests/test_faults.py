@@ -123,6 +123,55 @@ def test_a_damaged_file_the_bucket_publishes_no_sha1_for_is_caught_by_the_sdk(ro
     assert file_sha1(os.path.join(roman_bucket.cache, path)) == published["sha1sum"], "the bucket's bytes, undamaged"
 
 
+@pytest.mark.parametrize("fault, parts, words", [
+    ("long", "1", "bytes where"),  # one GET per file: a body past the object's size, refused unread
+    ("long", "4", "bytes where"),  # ranged parts: a body past the part's size
+    ("whole", "4", "answered a GET of bytes 0-"),  # a server that ignores ranges: 200 and the whole object
+])
+def test_an_answer_that_is_not_the_bytes_asked_for_is_refused_before_it_is_read(roman_bucket, proxy, fault, parts,
+                                                                                words):
+    """Never more bytes held than asked for, whatever the server sends: nor a wrong answer read to its end.
+
+    With no sha1 published only the size guards the file, so the answer is checked as it comes.
+    """
+    victim = largest_wfi_reference(roman_bucket)
+    published = roman_bucket.sample.metadata()[victim]
+    roman_bucket.publish_metadata({victim: {**published, "sha1sum": "none"}})
+    part_size = -(-int(published["size"]) // int(parts))
+    proxy.rules = [Rule(fault, path=victim, extra=64 << 20)]
+    run = roman_bucket.run("roman", "ops", "--retries", "2", "--part-size", str(part_size),
+                           env=through(roman_bucket, proxy))
+    assert run.returncode == ExitCode.INTEGRITY, run.stderr
+    (error,) = run.errors
+    assert words in error["event"] and victim in error["event"], error
+    assert victim not in {os.path.basename(f) for f in cache_files(roman_bucket.cache)}
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
+def test_an_object_replaced_between_its_parts_is_never_spliced(roman_bucket, proxy):
+    """Parts of two versions of an object would pass a size check: their ETags must agree."""
+    victim = largest_wfi_reference(roman_bucket)
+    published = roman_bucket.sample.metadata()[victim]
+    roman_bucket.publish_metadata({victim: {**published, "sha1sum": "none"}})  # only the size to check
+    newer = random.Random(7).randbytes(int(published["size"]))  # the same size, other bytes
+
+    def replace() -> None:
+        roman_bucket.put(f"references/roman/{victim}", newer)
+
+    proxy.rules = [Rule("act", path=victim, times=1, action=replace)]
+    # Replaced as the second of the file's requests goes upstream: the first part is of the older version.
+    proxy.rules.insert(0, Rule("slow", path=victim, times=1, delay=0))
+    part_size = -(-int(published["size"]) // 4)
+    run = roman_bucket.run("roman", "ops", "--concurrency", "1", "--part-size", str(part_size),
+                           env=through(roman_bucket, proxy))
+    assert run.returncode == 0, run.stderr
+    assert any("changed in the bucket while its parts were read" in line["error"]
+               for line in run.events("retrying") if line["file"] == victim), run.events("retrying")
+    (path,) = [f for f in cache_files(roman_bucket.cache) if os.path.basename(f) == victim]
+    with open(os.path.join(roman_bucket.cache, path), "rb") as handle:
+        assert handle.read() == newer, "the newer version whole, not a splice of the two"
+
+
 @pytest.mark.parametrize("fault, words", [
     ("403", "(credentials: env); grant s3:GetObject and s3:ListBucket on s3://"),
     ("403", "S3 also answers 403, not 404, for a missing object"),  # the Terraform role's ListBucket is by prefix

@@ -17,23 +17,23 @@ def location(roman_bucket, monkeypatch):
     return locate("roman", "ops", roman_bucket.name, roman_bucket.prefix)
 
 
-def read(location, name: str, failure: BaseException | None = None, most: int | None = None) -> list[bytes]:
+def read(location, name: str, failure: BaseException | None = None, most: int | None = None) -> bytes:
     """Read ``name`` from the real server; with ``failure``, the library beneath us raises it instead."""
 
-    async def scenario() -> list[bytes]:
+    async def scenario() -> bytes:
         async with remote.Bucket(location, concurrency=2, retries=1) as bucket:
             if failure is not None:
                 async def broken(*args, **kwargs):
                     raise failure
 
                 bucket.fs._call_s3 = broken  # s3fs's request method, on this one filesystem
-            return await bucket.read_chunks("mappings", name, most=most)
+            return await bucket.read("mappings", name, most=most)
 
     return asyncio.run(scenario())
 
 
 def test_a_read_returns_the_objects_bytes(location, roman_bucket):
-    assert b"".join(read(location, "roman_0051.pmap")) == roman_bucket.sample.mappings["roman_0051.pmap"]
+    assert read(location, "roman_0051.pmap") == roman_bucket.sample.mappings["roman_0051.pmap"]
 
 
 def test_a_missing_object_is_an_s3_error(location):
@@ -72,7 +72,7 @@ def test_a_request_the_sdk_refuses_to_send_is_a_bug(location):
 
 def test_a_body_over_the_most_expected_is_refused_unread(location, roman_bucket):
     size = len(roman_bucket.sample.mappings["roman_0051.pmap"])
-    assert b"".join(read(location, "roman_0051.pmap", most=size)) == roman_bucket.sample.mappings["roman_0051.pmap"]
+    assert read(location, "roman_0051.pmap", most=size) == roman_bucket.sample.mappings["roman_0051.pmap"]
     with pytest.raises(remote.Oversized, match=f"roman_0051.pmap is {size} bytes, over the {size - 1} ") as caught:
         read(location, "roman_0051.pmap", most=size - 1)
     assert caught.value.exit_code == 65
@@ -91,9 +91,34 @@ class UnannouncedBody:
             yield chunk
 
 
+def too_long(size: str) -> remote.Oversized:
+    return remote.Oversized(f"s3://b/k is {size} bytes")
+
+
 def test_a_body_without_its_length_is_refused_once_it_passes_the_most():
     body = UnannouncedBody([b"x" * 10] * 100)
     with pytest.raises(remote.Oversized, match="s3://b/k is more than 25 bytes"):
-        asyncio.run(remote._at_most(body, 25, None, "s3://b/k"))
+        asyncio.run(remote._at_most(body, 25, None, too_long))
     assert body.taken == 3, "no chunk read past the one that crossed the bound"
-    assert asyncio.run(remote._at_most(UnannouncedBody([b"x" * 10] * 2), 25, None, "s3://b/k")) == [b"x" * 10] * 2
+    assert asyncio.run(remote._at_most(UnannouncedBody([b"x" * 10] * 2), 25, None, too_long)) == [b"x" * 10] * 2
+
+
+def test_a_get_slower_than_the_least_rate_is_given_up_as_transient(location, roman_bucket, monkeypatch):
+    """The SDK's read timeout needs 60 s of silence: a server trickling bytes would hold the job for ever."""
+    from faults import FaultProxy, Rule
+
+    name = "roman_0051.pmap"
+    size = len(roman_bucket.sample.mappings[name])
+    monkeypatch.setattr(remote, "GET_GRACE", 0.5)  # seconds, beyond the body's bytes at MIN_RATE
+    monkeypatch.setattr(remote, "MIN_RATE", 1 << 30)
+    with FaultProxy(roman_bucket.s3.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+
+        async def scenario(delay: float) -> bytes:
+            proxy.rules = [Rule("slow", path=name, delay=delay)]
+            async with remote.Bucket(location, concurrency=2, retries=1) as bucket:
+                return b"".join((await bucket.read_part("mappings", name, size)).chunks)
+
+        assert asyncio.run(scenario(0)) == roman_bucket.sample.mappings[name]
+        with pytest.raises(remote.Transient, match=f"reading .*{name} stalled"):
+            asyncio.run(scenario(5))
