@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import names
-from .errors import CacheError, DiskFullError
+from .errors import DESCRIPTORS_EXHAUSTED, CacheError, CrdsJobError, DiskFullError, TooManyOpenFiles
 from .plan import Entry
 
 MODE_FILE = "ref_cache_subdir_mode"
@@ -139,13 +139,19 @@ def temp_path(final: str) -> str:
     return os.path.join(folder, f".{name}{TEMP_SUFFIX}")
 
 
-def disk_full(exc: OSError, path: str) -> DiskFullError | None:
-    """The clear error for ENOSPC/EDQUOT while writing ``path``, else None."""
+def out_of_room(exc: OSError, path: str) -> CrdsJobError | None:
+    """The clear error for a resource exhausted while writing ``path`` (space, quota, descriptors), else None.
+
+    Not the cache's fault, so not its exit code: a full disk is 71; too few
+    file descriptors for ``--concurrency`` is a setting to change (64).
+    """
     if exc.errno in _NO_SPACE:
         return DiskFullError(
             f"the cache filesystem ran out of space writing {path}",
             "give the cache volume more room (see --dry-run for the bytes needed) or warm fewer files",
         )
+    if exc.errno in DESCRIPTORS_EXHAUSTED:
+        return TooManyOpenFiles(f"writing {path}")
     return None
 
 
@@ -223,7 +229,7 @@ class Claim:
             os.rename(self.temp, self.final)
         except OSError as exc:
             self.release()
-            raise disk_full(exc, self.final) or CacheError(
+            raise out_of_room(exc, self.final) or CacheError(
                 f"could not move {self.temp} into place: {exc.strerror}",
                 "check the cache volume's permissions and health",
             ) from exc
@@ -238,7 +244,7 @@ def _try_lock(final: str) -> Claim | None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise link_refused(temp) from None
-        raise disk_full(exc, temp) or CacheError(
+        raise out_of_room(exc, temp) or CacheError(
             f"cannot create {temp}: {exc.strerror}", "make the cache directory writable by the job's user"
         ) from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device planted there
@@ -267,7 +273,7 @@ def _fill(claim: Claim, data: bytes, fsync: bool) -> None:
         claim.append([data], flush_early=False)
     except OSError as exc:
         claim.release()
-        raise disk_full(exc, claim.final) or CacheError(f"cannot write {claim.final}: {exc.strerror}",
+        raise out_of_room(exc, claim.final) or CacheError(f"cannot write {claim.final}: {exc.strerror}",
                                                         "check the cache volume") from exc
     claim.commit(fsync)
 
@@ -363,7 +369,7 @@ class Cache:
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
-            raise disk_full(exc, folder) or CacheError(
+            raise out_of_room(exc, folder) or CacheError(
                 f"cannot create {folder}: {exc.strerror}", "make the cache directory writable by the job's user"
             ) from exc
         root = os.path.realpath(self.root)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from . import launch, logs
 from . import settings as settings_module
-from .cache import disk_full
+from .cache import out_of_room
 from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
 from .settings import Settings
 from .warm import Outcome, warm
@@ -123,7 +123,7 @@ def write_env_file(path: str, text: str) -> None:
         if temp is not None and os.path.exists(temp):
             os.unlink(temp)
         if isinstance(exc, OSError):
-            raise disk_full(exc, path) or UsageError(
+            raise out_of_room(exc, path) or UsageError(
                 f"cannot write the env file {path}: {exc.strerror}",
                 "give --env-file a path the job may write, e.g. in the cache volume") from exc
         raise

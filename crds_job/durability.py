@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import DEFAULT_MODE, Cache, c_function, disk_full, link_refused, nearest_existing, sha1_of
+from .cache import DEFAULT_MODE, Cache, c_function, link_refused, nearest_existing, out_of_room, sha1_of
 from .errors import CacheError
 
 #: The journals' folder, at the cache's root: crds reads only its own folders.
@@ -222,7 +222,7 @@ class Durability:
                                                      "sha1": sha1 or None} for path, (size, sha1) in new.items()]}
             self._write(name, json.dumps(body).encode("utf-8"))
         except OSError as exc:
-            raise disk_full(exc, self.root) or CacheError(
+            raise out_of_room(exc, self.root) or CacheError(
                 f"cannot write a journal in {self.root}: {exc.strerror}", "check the cache volume"
             ) from exc
         self._covered.update(new)
@@ -266,7 +266,7 @@ class Durability:
         try:
             await self._recover(cache, log)
         except OSError as exc:
-            raise disk_full(exc, self.folder) or CacheError(
+            raise out_of_room(exc, self.folder) or CacheError(
                 f"cannot check the journals in {self.folder}: {exc.strerror}",
                 "check the cache volume; if a journal is broken, remove it and run once with --verify-existing",
             ) from exc

@@ -13,6 +13,7 @@ Every error carries two sentences: what is wrong, and what to do about it.
 from __future__ import annotations
 
 import enum
+import errno
 import signal
 
 
@@ -94,6 +95,19 @@ class UsageError(CrdsJobError):
     """The job was asked for something that cannot be: fix the job's arguments."""
 
     exit_code = ExitCode.USAGE
+
+
+class TooManyOpenFiles(UsageError):
+    """The process ran out of file descriptors: more than the job's open-file limit allows at this concurrency."""
+
+    def __init__(self, doing: str) -> None:
+        super().__init__(f"too many open files {doing}",
+                         "lower --concurrency, or raise the job's open-file limit (ulimit -n, the container "
+                         "runtime's nofile)")
+
+
+#: The errnos of running out of file descriptors (the process's, or the system's).
+DESCRIPTORS_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 
 
 class BucketContentError(CrdsJobError):

@@ -32,7 +32,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .cache import Cache, FileId, disk_full, sha1_of
+from .cache import Cache, FileId, out_of_room, sha1_of
 from .durability import Durability
 from .errors import CacheError, IntegrityError
 from .launch import hold_stop_signals
@@ -292,7 +292,7 @@ class Fetcher:
             await self.with_retries(entry, once)
             await self.in_thread(claim.commit, fsync)
         except OSError as exc:
-            raise disk_full(exc, final) or CacheError(f"cannot write {final}: {exc.strerror}",
+            raise out_of_room(exc, final) or CacheError(f"cannot write {final}: {exc.strerror}",
                                                       "check the cache volume") from exc
         finally:
             claim.release()  # a no-op once committed

@@ -31,7 +31,7 @@ import botocore.exceptions
 import s3fs
 
 from .environments import Location
-from .errors import BucketContentError, CrdsJobError, S3AccessError, UsageError
+from .errors import DESCRIPTORS_EXHAUSTED, BucketContentError, CrdsJobError, S3AccessError, TooManyOpenFiles, UsageError
 
 #: Most bytes taken from a response body at once (aiohttp hands over what it received, uncopied).
 READ_CHUNK = 8 * 2**20
@@ -109,15 +109,18 @@ def s3_failure(exc: BaseException) -> bool:
     return isinstance(exc, S3_FAILURES) and not isinstance(exc, _OUR_REQUEST_ERRORS)
 
 
-def _in_chain(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of ``types`` in ``exc``'s cause/context chain."""
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and its causes (or contexts), outermost first."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, types):
-            return exc
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return None
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _in_chain(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s cause/context chain."""
+    return next((link for link in _chain(exc) if isinstance(link, types)), None)
 
 
 def _client_error(exc: BaseException) -> botocore.exceptions.ClientError | None:
@@ -137,6 +140,8 @@ def translate(exc: BaseException, uri: str, location: Location, credentials: str
             f"no AWS credentials to read private bucket {location.bucket}",
             "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or give the job an IAM role",
         )
+    if any(isinstance(link, OSError) and link.errno in DESCRIPTORS_EXHAUSTED for link in _chain(exc)):
+        return TooManyOpenFiles(f"reading {uri}")  # a socket not opened: no retry will have more
     checksum = _in_chain(exc, (botocore.exceptions.FlexibleChecksumError,))
     if checksum is not None:
         return BodyCorrupt(f"{uri} arrived damaged: {checksum}", "fetch it again")
@@ -223,11 +228,16 @@ def _check_range(response: dict[str, Any], span: tuple[int, int], size: int, uri
     """
     start, end = span
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    got, wanted = (status, response.get("ContentRange")), (206, f"bytes {start}-{end - 1}/{size}")
-    if got != wanted:
-        raise BodyCorrupt(f"{uri} answered a GET of {wanted[1]} with {got[0]} {got[1] or 'and no range'}",
-                          "the object changed, or the endpoint does not serve ranges: run the job again, "
-                          "or raise --part-size above the largest file")
+    answered = str(response.get("ContentRange") or "")
+    if (status, answered) == (206, f"bytes {start}-{end - 1}/{size}"):
+        return
+    total = answered.rpartition("/")[2]
+    if status == 206 and total.isdigit() and int(total) != size:
+        raise BodyCorrupt(f"{uri} is {total} bytes, {'shorter' if int(total) < size else 'longer'} than the "
+                          f"bucket's metadata says ({size})", "the object or its metadata changed: run the job "
+                          "again, or report it")
+    raise BodyCorrupt(f"{uri} answered a GET of bytes {start}-{end - 1} with {status} {answered or 'and no range'}",
+                      "the endpoint does not serve ranges as S3 does: raise --part-size above the largest file")
 
 
 class Bucket:
@@ -349,8 +359,11 @@ class Bucket:
             params["ChecksumMode"] = "ENABLED"
 
         def refuse(got: str) -> BodyCorrupt:
-            return BodyCorrupt(f"{uri} sent {got} bytes where {end - start} were asked for",
-                               "the object changed: run the job again, or report it")
+            if span:
+                return BodyCorrupt(f"{uri}: a GET of bytes {start}-{end - 1} sent {got} bytes",
+                                   "the object changed: run the job again, or report it")
+            return BodyCorrupt(f"{uri} arrived with {got} bytes, the bucket publishes {size}",
+                               "the object or its metadata changed: run the job again, or report it")
 
         try:
             async with asyncio.timeout(GET_GRACE + (end - start) / MIN_RATE):

@@ -110,6 +110,22 @@ def test_an_aws_profile_that_does_not_exist(roman_bucket):
     assert not any(f.startswith("references") for f in cache_files(roman_bucket.cache))
 
 
+def test_too_few_file_descriptors_for_the_concurrency_is_a_usage_error(roman_bucket):
+    """Not "make the cache writable" (73): the job's open-file limit is too low for --concurrency."""
+    import resource
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (32, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    done = subprocess.run([sys.executable, "-m", "crds_job", "roman", "ops", "--concurrency", "64"],
+                          env=roman_bucket.env(), capture_output=True, text=True, timeout=120,
+                          preexec_fn=few_descriptors)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    (error,) = [json.loads(line) for line in done.stderr.splitlines() if '"level": "error"' in line]
+    assert error["event"].startswith("too many open files ") and "lower --concurrency" in error["event"]
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
 def test_an_env_file_that_cannot_be_written(roman_bucket, tmp_path):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the env file's folder should be")

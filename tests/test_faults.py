@@ -124,8 +124,8 @@ def test_a_damaged_file_the_bucket_publishes_no_sha1_for_is_caught_by_the_sdk(ro
 
 
 @pytest.mark.parametrize("fault, parts, words", [
-    ("long", "1", "bytes where"),  # one GET per file: a body past the object's size, refused unread
-    ("long", "4", "bytes where"),  # ranged parts: a body past the part's size
+    ("long", "1", "arrived with"),  # one GET per file: a body past the object's size, refused unread
+    ("long", "4", "a GET of bytes 0-"),  # ranged parts: a body past the part's size
     ("whole", "4", "answered a GET of bytes 0-"),  # a server that ignores ranges: 200 and the whole object
 ])
 def test_an_answer_that_is_not_the_bytes_asked_for_is_refused_before_it_is_read(roman_bucket, proxy, fault, parts,

@@ -8,6 +8,7 @@ import pytest
 
 from crds_job import remote
 from crds_job.environments import locate
+from crds_job.errors import ExitCode, TooManyOpenFiles
 
 
 @pytest.fixture
@@ -60,6 +61,19 @@ def test_a_bug_stays_a_bug(location, failure):
     """Not an S3 error: that would be exit 69, which job runners retry, for a failure no retry can fix."""
     with pytest.raises(type(failure)):
         read(location, "roman_0051.pmap", failure)
+
+
+def test_a_socket_not_opened_for_want_of_descriptors_is_a_setting_to_change_not_a_retry(location):
+    """EMFILE: every retry would fail the same way, at the job runner's cost too (64 is final, 69 retried)."""
+    import errno
+
+    import aiohttp
+
+    refused = OSError(errno.EMFILE, "Too many open files")
+    failure = aiohttp.ClientConnectorError(connection_key=None, os_error=refused)  # type: ignore[arg-type]
+    with pytest.raises(TooManyOpenFiles, match="too many open files reading s3://.*lower --concurrency") as caught:
+        read(location, "roman_0051.pmap", failure)
+    assert caught.value.exit_code == ExitCode.USAGE
 
 
 def test_a_request_the_sdk_refuses_to_send_is_a_bug(location):
