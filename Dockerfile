@@ -16,6 +16,10 @@
 ARG BASE_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# A calibration image may end as a user who cannot write /wheels or /src. Root only in this
+# stage, which the image does not keep.
+# hadolint ignore=DL3002
+USER 0
 WORKDIR /src
 COPY requirements/runtime.lock requirements/runtime.lock
 RUN python3 -m pip wheel --no-cache-dir --wheel-dir /wheels -r requirements/runtime.lock

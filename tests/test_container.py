@@ -93,6 +93,14 @@ def test_runs_as_a_numeric_non_root_user():
     assert user == "${APP_UID}" and int(uid.split("=")[1]) > 0
 
 
+def test_every_stage_builds_as_root_whatever_user_its_base_ends_with():
+    """A calibration image (the layered BASE_IMAGE) may end as a user who cannot write /wheels or /src."""
+    for stage in instructions()[1:]:
+        words = [word for word, _ in stage]
+        first_run = words.index("RUN")
+        assert ("USER", "0") in stage[:first_run], f"stage {stage[0][1]!r} runs before it is root"
+
+
 def test_no_secrets_and_no_compiler_in_the_final_stage():
     for stage in instructions():
         for word, args in stage:

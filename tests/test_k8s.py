@@ -262,3 +262,65 @@ def test_the_shared_cache_is_written_once_and_read_only_elsewhere():
     (waiter,) = calibrate["initContainers"]
     assert f"until [ -f {env_file} ]" in " ".join(waiter["command"])
     assert on_a_mount(waiter, env_file)
+
+
+def test_crds_job_is_told_the_exposure_not_left_to_guess_it(rendered):
+    """A guessed exposure that is missing is taken for an output, and the whole context warmed into
+    an emptyDir sized for one exposure; a named one fails the Job (66) at once."""
+    _, objects = rendered
+    for job in jobs(objects):
+        for container in containers(job):
+            script = " ".join(container.get("command", []) + container.get("args", []))
+            if runs_crds_job(container) and (dataset_paths(container) or "exposure" in script):
+                named = env_value(container, "CRDS_JOB_DATASETS") or re.search(r"CRDS_JOB_DATASETS=\S", script)
+                assert named, f"{container['name']} leaves crds-job to guess the exposure"
+
+
+def shell_of(container, replacements: dict[str, str]) -> list[str]:
+    """The container's ``sh -c SCRIPT`` (tini dropped), with paths replaced to run it here."""
+    command = container["command"]
+    command = command[command.index("/bin/sh"):]
+    script = command[-1]
+    for old, new in replacements.items():
+        script = script.replace(old, new)
+    return [*command[:-1], script]
+
+
+def test_an_indexed_pod_warms_and_calibrates_the_exposure_of_its_index(tmp_path):
+    objects = render("roman-ops-exposures-indexed")
+    (job,) = jobs(objects)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    (listing,) = [o for o in objects if o["kind"] == "ConfigMap" and "exposures.txt" in o.get("data", {})]
+    (tmp_path / "exposures.txt").write_text(listing["data"]["exposures.txt"])
+    stand_in = tmp_path / "entrypoint.py"  # crds-job's place: what it was given
+    stand_in.write_text('#!/bin/sh\necho "datasets=$CRDS_JOB_DATASETS args=$*"\n')
+    stand_in.chmod(0o755)
+    command = shell_of(container, {"/config/exposures.txt": str(tmp_path / "exposures.txt"),
+                                   ENTRYPOINT: str(stand_in)})
+    lines = listing["data"]["exposures.txt"].split()
+    for index, exposure in enumerate(lines):
+        done = subprocess.run(command, env={"PATH": os.defpath, "JOB_COMPLETION_INDEX": str(index)},
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"datasets={exposure} args=-- strun romancal.pipeline.ExposurePipeline {exposure}\n"
+    done = subprocess.run(command, env={"PATH": os.defpath, "JOB_COMPLETION_INDEX": str(len(lines))},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == errors.ExitCode.USAGE and f"no line {len(lines) + 1}" in done.stderr
+    assert not done.stdout, "crds-job is not started without an exposure"
+
+
+def test_shared_cache_calibrations_wait_no_longer_than_the_warm_may_run(tmp_path):
+    """A failed warm writes no env file: its waiting calibrations must give up, not hold their requests."""
+    objects = render("roman-ops-shared-cache")
+    by_name = {job["metadata"]["name"]: job for job in jobs(objects)}
+    (waiter,) = by_name["crds-calibrate-shared-cache"]["spec"]["template"]["spec"]["initContainers"]
+    deadline = int(env_value(waiter, "WARM_DEADLINE_SECONDS"))
+    assert deadline == by_name["crds-warm-shared-cache"]["spec"]["activeDeadlineSeconds"]
+    command = shell_of(waiter, {"/crds-cache": str(tmp_path)})
+    done = subprocess.run(command, env={"PATH": os.defpath, "WARM_DEADLINE_SECONDS": "0"},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "the warm Job failed or is still running" in done.stderr
+    (tmp_path / "crds-job.env").write_text("export CRDS_PATH=/crds-cache\n")
+    done = subprocess.run(command, env={"PATH": os.defpath, "WARM_DEADLINE_SECONDS": str(deadline)},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
