@@ -48,6 +48,12 @@ STOP_SIGNALS = tuple(signum for signum in (signal.SIGINT, signal.SIGTERM, signal
 #: Ignored by Python itself: given back their default action for the command.
 _PYTHON_IGNORES = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
+#: HST: the IRAF-style folders (``jref$n3o1022nj_drk.fits``) that the calibration programs (calacs.e,
+#: calwf3.e...) read reference names from the dataset's header with, and the instrument of each
+#: (crds's ``hst.siname``/``hst.locate``). crds bestrefs --update-bestrefs writes these names.
+HST_REFERENCE_FOLDERS = {"iref": "wfc3", "jref": "acs", "lref": "cos", "nref": "nicmos", "oref": "stis",
+                         "uref": "wfpc2"}
+
 #: crds_s3_get's command template (the client fills in the ${...} fields itself).
 S3_PLUGIN = "crds_s3_get ${FILENAME} -d ${OUTPUT_PATH} -s ${FILE_SIZE} -c ${FILE_SHA1SUM}"
 
@@ -55,7 +61,7 @@ S3_PLUGIN = "crds_s3_get ${FILENAME} -d ${OUTPUT_PATH} -s ${FILE_SIZE} -c ${FILE
 def crds_environment(
     location: Location, cache: str, context: str, ref_mode: str, allow_fetch: bool
 ) -> dict[str, str | None]:
-    """The CRDS variables to set (str) or unset (None) for the command."""
+    """The CRDS variables to set (str) or unset (None) for the command (for HST, also ``jref`` & co.)."""
     changes: dict[str, str | None] = dict.fromkeys(PATH_OVERRIDES + S3_VARIABLES)
     changes.update({
         "CRDS_PATH": cache,
@@ -63,6 +69,10 @@ def crds_environment(
         "CRDS_OBSERVATORY": location.observatory,
         "CRDS_SERVER_URL": location.server_url,
     })
+    if location.observatory == "hst":
+        references = os.path.join(cache, "references", "hst", "")
+        changes.update({variable: os.path.join(references, instrument, "") if ref_mode == "instrument" else references
+                        for variable, instrument in HST_REFERENCE_FOLDERS.items()})
     if allow_fetch:
         changes.update({
             "CRDS_READONLY_CACHE": None,

@@ -184,6 +184,39 @@ def test_the_dataset_in_the_command_is_found_and_the_command_uses_its_references
     assert run.event("warming the references of datasets")["source"] == "command"
 
 
+#: What an HST calibration program (calacs.e, calwf3.e) does with its raw file's header: each
+#: ``*FILE = 'jref$name'`` is a file in the folder that the variable ``jref`` names.
+HST_CALIBRATION = """
+import json, os, sys
+from astropy.io import fits
+found = {}
+for key, value in fits.getheader(sys.argv[1]).items():
+    if key.endswith("FILE") and "$" in str(value):
+        folder, name = value.split("$")
+        path = os.environ[folder] + name  # IRAF style: the folder ends with its separator
+        assert os.path.isfile(path), (key, value, path)
+        found[key] = path
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.parametrize("layout", ["flat", "instrument"])
+def test_an_hst_calibration_finds_its_references_in_the_iraf_folders(hst_bucket, hst_datasets, layout):
+    """HST's way: crds bestrefs writes the best references into the raw file's header (``jref$...``),
+    offline on the warmed cache, and the calibration program opens them through ``jref`` & co."""
+    dataset = hst_datasets["ACS"]
+    script = (f'"{sys.executable}" -m crds.bestrefs --files "$1" --update-bestrefs && '
+              f'exec "{sys.executable}" -c "$2" "$1"')
+    run = hst_bucket.run("hst", "ops", "--ref-subdir-mode", layout, "--datasets", dataset,
+                         "--", "sh", "-c", script, "sh", dataset, HST_CALIBRATION)
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout.splitlines()[-1])
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+    assert {key.lower(): os.path.basename(path) for key, path in found.items()} == expected
+    folder = os.path.join(hst_bucket.cache, "references", "hst", *(["acs"] if layout == "instrument" else []))
+    assert {os.path.dirname(path) for path in found.values()} == {folder}
+
+
 def test_the_dataset_an_array_jobs_shell_script_names_is_found(hst_bucket, hst_datasets):
     """AWS Batch array children pick their exposure in ``sh -c``, by their index."""
     folder = os.path.dirname(hst_datasets["WFC3"])

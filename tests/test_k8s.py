@@ -324,3 +324,13 @@ def test_shared_cache_calibrations_wait_no_longer_than_the_warm_may_run(tmp_path
     done = subprocess.run(command, env={"PATH": os.defpath, "WARM_DEADLINE_SECONDS": str(deadline)},
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.startswith("hst-")])
+def test_hst_calibrations_get_their_best_references_written_into_the_raw_file_first(overlay):
+    """calacs.e opens what the header names (``jref$...``): crds bestrefs updates it, offline, before."""
+    for job in jobs(render(overlay)):
+        for container in job["spec"]["template"]["spec"]["containers"]:
+            script = container["command"][-1]
+            update = script.index('crds bestrefs --files "$EXPOSURE" --update-bestrefs &&')
+            assert script.index(". /crds-cache/crds-job.env") < update < script.index('exec calacs.e "$EXPOSURE"')
