@@ -19,6 +19,7 @@ import importlib.metadata
 import math
 import os
 import re
+import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -110,7 +111,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("instruments", "warm only these instruments' references (comma separated)",
            parse=parse_list, default=(), metavar="A,B"),
     Option("datasets", "warm only the references these input datasets need (FITS/ASDF paths or "
-           "s3:// URLs, comma separated; default: the dataset files among COMMAND's arguments)",
+           "s3:// URLs, comma separated, $VARIABLES expanded; default: the dataset files among COMMAND's "
+           "arguments)",
            parse=parse_paths, default=(), metavar="PATH,..."),
     Option("all_references", "warm every reference of the context even when COMMAND names datasets",
            parse=parse_bool, default=False, flag_value=True),
@@ -326,6 +328,23 @@ def _split_positionals(
     return observatory, environment, rest, sources
 
 
+def _expanded(path: str, environ: Mapping[str, str]) -> str:
+    """``path`` with its ``$VARIABLES`` taken from ``environ``, as a shell would, and none left unset.
+
+    So that one job definition names each array child's own exposure, strictly
+    (``/data/exposure-${AWS_BATCH_JOB_ARRAY_INDEX}.asdf``), where no shell runs
+    to expand it: a Batch environment override, a Kubernetes ConfigMap.
+    """
+    try:
+        return string.Template(path).substitute(environ)
+    except KeyError as exc:
+        raise UsageError(f"--datasets names ${exc.args[0]}, which is not set", "set it, or name the dataset "
+                         "without it") from None
+    except ValueError:
+        raise UsageError(f"--datasets {path!r} has a $ that starts no variable name",
+                         "write $$ for a $ of the name itself") from None
+
+
 def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve the settings of one run from argv and the environment."""
     environ = os.environ if environ is None else environ
@@ -340,6 +359,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
     if values["context"]:
         values["context"] = values["context"].strip()
     values["cache"] = os.path.abspath(os.path.expanduser(values["cache"]))
+    values["datasets"] = tuple(_expanded(path, environ) for path in values["datasets"])
     clashes = {("fsync_each", "fsync"): values["fsync_each"] and not values["fsync"],
                ("mappings_only", "all_references"): values["mappings_only"] and values["all_references"]}
     for pair, clash in clashes.items():

@@ -44,6 +44,22 @@ locals {
   retryable_exit_codes = ["69", "74"]
 
   fargate = var.platform == "FARGATE"
+
+  # The exposures' volume, if any (EFS: Fargate's only network file system).
+  data_volumes = var.data_efs == null ? [] : [{
+    name = "data"
+    efsVolumeConfiguration = merge(
+      { fileSystemId = var.data_efs.file_system_id, transitEncryption = "ENABLED" },
+      # An access point sets its own root directory, and is used with the job's role.
+      var.data_efs.access_point_id == null ? { rootDirectory = var.data_efs.root_directory } : {},
+      var.data_efs.access_point_id != null ? {
+        authorizationConfig = { accessPointId = var.data_efs.access_point_id, iam = "ENABLED" }
+      } : {},
+    )
+  }]
+  data_mount_points = [for volume in local.data_volumes : {
+    sourceVolume = volume.name, containerPath = var.data_mount_path, readOnly = false
+  }]
 }
 
 data "aws_iam_policy_document" "assume_ecs_tasks" {
@@ -93,6 +109,24 @@ resource "aws_iam_role_policy" "read_crds_cache" {
   policy = data.aws_iam_policy_document.read_crds_cache.json
 }
 
+data "aws_iam_policy_document" "use_data_efs" {
+  count = var.data_efs == null ? 0 : 1
+  statement {
+    sid     = "MountDataVolume"
+    actions = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    resources = [
+      "arn:${data.aws_partition.current.partition}:elasticfilesystem:${data.aws_region.current.name}:*:file-system/${var.data_efs.file_system_id}",
+    ]
+  }
+}
+
+resource "aws_iam_role_policy" "use_data_efs" {
+  count  = var.data_efs == null ? 0 : 1
+  name   = "use-data-efs"
+  role   = aws_iam_role.job.id
+  policy = data.aws_iam_policy_document.use_data_efs[0].json
+}
+
 resource "aws_iam_role" "execution" {
   name               = "${var.name}-execution"
   description        = "crds-job: pull the image and write logs"
@@ -123,6 +157,8 @@ resource "aws_batch_job_definition" "this" {
         { type = "MEMORY", value = tostring(var.memory_mib) },
       ]
       environment = [for key in sort(keys(local.environment)) : { name = key, value = local.environment[key] }]
+      volumes     = local.data_volumes
+      mountPoints = local.data_mount_points
       logConfiguration = {
         logDriver = "awslogs"
         options = {

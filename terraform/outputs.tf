@@ -37,3 +37,8 @@ output "command" {
   description = "The container's command: crds-job's arguments, then the calibration command."
   value       = local.command
 }
+
+output "volumes" {
+  description = "The job definition's volumes and where the container mounts them (the exposures' EFS, if any)."
+  value       = { volumes = local.data_volumes, mountPoints = local.data_mount_points }
+}

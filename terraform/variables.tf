@@ -123,6 +123,27 @@ variable "timeout_seconds" {
   default     = 21600
 }
 
+variable "data_efs" {
+  description = "EFS file system mounted at data_mount_path: the exposures, and where the calibration writes. null: none (the exposures are then in the image, or s3:// URLs the role may read)."
+  type = object({
+    file_system_id  = string
+    access_point_id = optional(string)
+    root_directory  = optional(string, "/")
+  })
+  default = null
+}
+
+variable "data_mount_path" {
+  description = "Where data_efs is mounted in the container."
+  type        = string
+  default     = "/data"
+
+  validation {
+    condition     = startswith(var.data_mount_path, "/") && var.data_mount_path != "/crds-cache"
+    error_message = "data_mount_path is an absolute path other than the cache's (/crds-cache)."
+  }
+}
+
 variable "log_retention_days" {
   description = "Retention of the CloudWatch log group."
   type        = number

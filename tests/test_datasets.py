@@ -217,6 +217,20 @@ def test_an_hst_calibration_finds_its_references_in_the_iraf_folders(hst_bucket,
     assert {os.path.dirname(path) for path in found.values()} == {folder}
 
 
+def test_one_datasets_setting_names_each_array_childs_own_exposure(hst_bucket, hst_datasets):
+    """CRDS_JOB_DATASETS with the child's index in it: named, so strict, unlike a guess from the command."""
+    folder = os.path.dirname(hst_datasets["WFC3"])
+    os.rename(hst_datasets["WFC3"], os.path.join(folder, "exposure-4_raw.fits"))
+    setting = {"CRDS_JOB_DATASETS": folder + "/exposure-${AWS_BATCH_JOB_ARRAY_INDEX}_raw.fits"}
+    run = hst_bucket.run("hst", "ops", env=dict(hst_bucket.env(), AWS_BATCH_JOB_ARRAY_INDEX="4", **setting))
+    assert run.returncode == 0, run.stderr
+    assert run.event("warming the references of datasets")["datasets"] == [folder + "/exposure-4_raw.fits"]
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["wfc3"]
+    assert references_in(hst_bucket.cache) == set(expected.values())
+    run = hst_bucket.run("hst", "ops", env=dict(hst_bucket.env(), AWS_BATCH_JOB_ARRAY_INDEX="5", **setting))
+    assert run.returncode == ExitCode.DATASET and "exposure-5_raw.fits" in run.errors[0]["event"], run.stderr
+
+
 def test_the_dataset_an_array_jobs_shell_script_names_is_found(hst_bucket, hst_datasets):
     """AWS Batch array children pick their exposure in ``sh -c``, by their index."""
     folder = os.path.dirname(hst_datasets["WFC3"])

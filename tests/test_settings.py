@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -147,3 +148,20 @@ def test_env_names_lists_twins_and_crds_variables():
     names = settings.env_names()
     assert "CRDS_JOB_OBSERVATORY" in names and "CRDS_JOB_DRY_RUN" in names
     assert {"CRDS_CONTEXT", "CRDS_PATH", "CRDS_S3_BUCKET", "CRDS_S3_PREFIX", "CRDS_REF_SUBDIR_MODE"} <= set(names)
+
+
+def test_datasets_have_their_variables_expanded_from_the_environment():
+    """One job definition, each array child its own exposure, named strictly: no shell runs to expand it."""
+    environ = {"CRDS_JOB_DATASETS": "/data/exposure-${AWS_BATCH_JOB_ARRAY_INDEX}.asdf,s3://b/$NAME.fits,a$$b.fits",
+               "AWS_BATCH_JOB_ARRAY_INDEX": "7", "NAME": "ib1f23qtq_raw"}
+    parsed = settings.parse(["hst", "ops"], environ)
+    assert parsed.datasets == ("/data/exposure-7.asdf", "s3://b/ib1f23qtq_raw.fits", "a$b.fits")
+
+
+@pytest.mark.parametrize("value, words", [
+    ("/data/exposure-${JOB_COMPLETION_INDEX}.asdf", "names $JOB_COMPLETION_INDEX, which is not set"),
+    ("/data/cost-$5.fits", "has a $ that starts no variable name"),
+])
+def test_a_dataset_variable_that_cannot_be_expanded_is_refused(value, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        settings.parse(["hst", "ops", "--datasets", value], {})

@@ -86,7 +86,8 @@ def plan(tmp_path, **module_args) -> dict:
     arguments = "\n".join(f"  {key} = {json.dumps(value)}" for key, value in module_args.items())
     (root / "main.tf").write_text(OFFLINE_PROVIDER + f'module "crds_job" {{\n  source = "../module"\n{arguments}\n}}\n'
                                   'output "environment" { value = module.crds_job.environment }\n'
-                                  'output "command" { value = module.crds_job.command }\n')
+                                  'output "command" { value = module.crds_job.command }\n'
+                                  'output "volumes" { value = module.crds_job.volumes }\n')
     assert terraform("init", "-backend=false", f"-plugin-dir={PLUGINS}", "-input=false", cwd=str(root)).returncode == 0
     done = terraform("plan", "-input=false", "-refresh=false", "-out=plan.bin", cwd=str(root))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -191,3 +192,31 @@ def test_module_layout_and_readme():
         assert f"`{next(iter(variable))}`" in readme, f"input {next(iter(variable))} is documented"
     for output in load("outputs.tf")["output"]:
         assert f"`{next(iter(output))}`" in readme, f"output {next(iter(output))} is documented"
+
+
+@needs_provider
+@pytest.mark.parametrize("access_point", [None, "fsap-0123456789abcdef0"])
+def test_the_exposures_volume_is_mounted_and_the_role_may_use_it(tmp_path, access_point):
+    """Array children read /data/exposure-N: without a volume there, every one would fail."""
+    efs = {"file_system_id": "fs-0123456789abcdef0", **({"access_point_id": access_point} if access_point else {})}
+    planned = plan(tmp_path, observatory="roman", environment="ops", image="crds-job:0.1.0", data_efs=efs)
+    found = resources(planned)
+    container = planned["planned_values"]["outputs"]["volumes"]["value"]
+    with open(os.path.join(MODULE, "main.tf")) as handle:  # the job definition's own, known only once applied
+        assert re.search(r"volumes += local.data_volumes\n +mountPoints += local.data_mount_points", handle.read())
+    (volume,) = container["volumes"]
+    config = volume["efsVolumeConfiguration"]
+    assert config["fileSystemId"] == efs["file_system_id"] and config["transitEncryption"] == "ENABLED"
+    if access_point:
+        assert config["authorizationConfig"] == {"accessPointId": access_point, "iam": "ENABLED"}
+    else:
+        assert config["rootDirectory"] == "/"
+    (mount,) = container["mountPoints"]
+    assert mount["sourceVolume"] == volume["name"] and mount["containerPath"] == "/data"
+    assert mount["containerPath"] != planned["planned_values"]["outputs"]["environment"]["value"]["CRDS_PATH"]
+    statement = json.loads(found["aws_iam_role_policy.use_data_efs[0]"]["policy"])["Statement"][0]
+    assert statement["Resource"].endswith(f":file-system/{efs['file_system_id']}")
+    assert sorted(statement["Action"]) == ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    planned = plan(tmp_path / "none", observatory="roman", environment="ops", image="crds-job:0.1.0")
+    assert "aws_iam_role_policy.use_data_efs[0]" not in resources(planned)
+    assert planned["planned_values"]["outputs"]["volumes"]["value"] == {"volumes": [], "mountPoints": []}
