@@ -249,7 +249,7 @@ def test_the_shared_cache_is_written_once_and_read_only_elsewhere():
     objects = render("roman-ops-shared-cache")
     (claim,) = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-    by_name = {job["metadata"]["name"]: job for job in jobs(objects)}
+    by_name = {job["metadata"]["name"].removesuffix("-roman-ops"): job for job in jobs(objects)}
     calibrate = by_name["crds-calibrate-shared-cache"]["spec"]["template"]["spec"]
     (volume,) = [v for v in calibrate["volumes"] if v["name"] == "crds-cache"]
     assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
@@ -312,7 +312,7 @@ def test_an_indexed_pod_warms_and_calibrates_the_exposure_of_its_index(tmp_path)
 def test_shared_cache_calibrations_wait_no_longer_than_the_warm_may_run(tmp_path):
     """A failed warm writes no env file: its waiting calibrations must give up, not hold their requests."""
     objects = render("roman-ops-shared-cache")
-    by_name = {job["metadata"]["name"]: job for job in jobs(objects)}
+    by_name = {job["metadata"]["name"].removesuffix("-roman-ops"): job for job in jobs(objects)}
     (waiter,) = by_name["crds-calibrate-shared-cache"]["spec"]["template"]["spec"]["initContainers"]
     deadline = int(env_value(waiter, "WARM_DEADLINE_SECONDS"))
     assert deadline == by_name["crds-warm-shared-cache"]["spec"]["activeDeadlineSeconds"]
@@ -334,3 +334,17 @@ def test_hst_calibrations_get_their_best_references_written_into_the_raw_file_fi
             script = container["command"][-1]
             update = script.index('crds bestrefs --files "$EXPOSURE" --update-bestrefs &&')
             assert script.index(". /crds-cache/crds-job.env") < update < script.index('exec calacs.e "$EXPOSURE"')
+
+
+def test_environments_applied_in_one_namespace_keep_their_own_objects():
+    """Same names would re-point one ServiceAccount at another environment's IAM role, and clash Jobs."""
+    owners: dict[tuple[str, str], str] = {}
+    for overlay in OVERLAYS:
+        environment = "-".join(overlay.split("-")[:2])
+        for obj in render(overlay):
+            key = (obj["kind"], obj["metadata"]["name"])
+            assert owners.setdefault(key, environment) == environment, f"{key} is in {owners[key]} and {environment}"
+            assert obj["metadata"]["name"].endswith(f"-{environment}") or obj["kind"] == "ConfigMap"
+        (account,) = [o for o in render(overlay) if o["kind"] == "ServiceAccount"]
+        for job in jobs(render(overlay)):
+            assert job["spec"]["template"]["spec"].get("serviceAccountName") in (None, account["metadata"]["name"])
