@@ -95,6 +95,42 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 2)))
 
 
+class Tries:
+    """The attempts one file has left. A failed part and a failed whole file each use one.
+
+    A part that fails in transit is fetched again on its own: its bytes are
+    hashed and written only once whole, in order, so the file's running
+    sha1 stays good. Refetching the whole file for it would fail a file of
+    many parts over and over on a network that drops one request in a few
+    hundred. Bytes that arrive whole but wrong (size, sha1, another version
+    between two parts) need the whole file again. One count for both keeps
+    every file's requests bounded by ``--retries``, not its square.
+    """
+
+    def __init__(self, fetcher: Fetcher, entry: Entry) -> None:
+        self.fetcher = fetcher
+        self.entry = entry
+        self.attempt = 1
+
+    async def again(self, failure: Exception, part: tuple[int, int] | None = None) -> None:
+        """Wait out the backoff before the next attempt after ``failure``; raise if none is left."""
+        retries = self.fetcher.retries
+        if self.attempt >= retries:
+            if isinstance(failure, (Mismatch, BodyCorrupt)):
+                raise IntegrityError(
+                    f"{failure}; still wrong after {retries} attempts",
+                    "the bucket's object or its metadata is corrupt: pin another context or report it",
+                ) from failure
+            raise failure
+        self.attempt += 1
+        delay = backoff(self.attempt)
+        self.fetcher.progress.retries += 1
+        where = {} if part is None else {"part": f"bytes {part[0]}-{part[1] - 1}"}
+        self.fetcher.log.warning("retrying", file=self.entry.name, attempt=self.attempt, of=retries, **where,
+                                 delay_s=round(delay, 2), error=str(failure))
+        await asyncio.sleep(delay)
+
+
 class Fetcher:
     """Fetches entries from one bucket into one cache, within the job's bounds."""
 
@@ -132,14 +168,23 @@ class Fetcher:
 
     # ----- one pass over a file's bytes -------------------------------------------------------
 
-    async def _part(self, entry: Entry, start: int, end: int, whole: bool) -> Part:
-        span = None if whole else (start, end)
-        async with self._requests:  # the SDK's check only without a sha1, which checks end to end (``remote``)
-            part = await self.bucket.read_part(entry.area, entry.name, entry.size, span, checked=not entry.sha1)
+    async def _part(self, entry: Entry, start: int, end: int, tries: Tries | None) -> Part:
+        """Bytes ``[start, end)`` of ``entry`` (all of it without ``tries``, else a part retried on its own)."""
+        span = None if tries is None else (start, end)
+        while True:
+            try:
+                async with self._requests:  # the SDK's check only without a sha1, which checks end to end
+                    part = await self.bucket.read_part(entry.area, entry.name, entry.size, span,
+                                                       checked=not entry.sha1)
+                break
+            except (Transient, BodyCorrupt) as exc:
+                if tries is None:
+                    raise
+                await tries.again(exc, (start, end))
         self.progress.bytes_transferred += end - start
         return part
 
-    async def _stream(self, entry: Entry, sink: Callable[[list[bytes]], None]) -> str:
+    async def _stream(self, entry: Entry, sink: Callable[[list[bytes]], None], tries: Tries) -> str:
         """Pass ``entry``'s bytes, in order, to ``sink`` (run in the disk pool); return their sha1."""
         digest = hashlib.sha1()
 
@@ -152,7 +197,7 @@ class Fetcher:
         if len(spans) == 1:
             await self._budget.acquire(entry.size)
             try:
-                part = await self._part(entry, 0, entry.size, whole=True)
+                part = await self._part(entry, 0, entry.size, None)
                 await self.in_thread(hashed, part.chunks)
             finally:
                 self._budget.release(entry.size)
@@ -165,7 +210,7 @@ class Fetcher:
         async def produce() -> None:
             for start, end in spans:
                 await self._budget.acquire(end - start)
-                task = asyncio.ensure_future(self._part(entry, start, end, whole=False))
+                task = asyncio.ensure_future(self._part(entry, start, end, tries))
                 await queue.put((task, end - start))
             await queue.put(None)
 
@@ -206,38 +251,23 @@ class Fetcher:
 
     # ----- retries ----------------------------------------------------------------------------
 
-    async def with_retries(self, entry: Entry, attempt_once: Callable[[], Any]) -> Any:
-        """Run ``attempt_once`` until it succeeds, retrying mismatches and transient S3 errors."""
-        failure: Exception | None = None
-        for attempt in range(1, self.retries + 1):
-            if failure is not None:
-                delay = backoff(attempt)
-                self.progress.retries += 1
-                self.log.warning("retrying", file=entry.name, attempt=attempt, of=self.retries,
-                                 delay_s=round(delay, 2), error=str(failure))
-                await asyncio.sleep(delay)
+    async def with_retries(self, entry: Entry, attempt_once: Callable[[Tries], Any]) -> Any:
+        """Run ``attempt_once(tries)`` until it succeeds, retrying mismatches and transient S3 errors."""
+        tries = Tries(self, entry)
+        while True:
             try:
-                return await attempt_once()
-            except (Mismatch, BodyCorrupt) as exc:
-                if attempt == self.retries:
-                    raise IntegrityError(
-                        f"{exc}; still wrong after {self.retries} attempts",
-                        "the bucket's object or its metadata is corrupt: pin another context or report it",
-                    ) from exc
-                failure = exc
-            except Transient as exc:
-                if attempt == self.retries:
-                    raise
-                failure = exc
+                return await attempt_once(tries)
+            except (Mismatch, BodyCorrupt, Transient) as exc:
+                await tries.again(exc)
 
     # ----- the two uses -----------------------------------------------------------------------
 
     async def fetch_bytes(self, entry: Entry) -> bytes:
         """The verified bytes of a (small) file, e.g. a mapping or the bucket's config."""
 
-        async def once() -> bytes:
+        async def once(tries: Tries) -> bytes:
             chunks: list[bytes] = []
-            sha1 = await self._stream(entry, chunks.extend)
+            sha1 = await self._stream(entry, chunks.extend, tries)
             data = b"".join(chunks)
             self._check(entry, len(data), sha1)
             return data
@@ -281,11 +311,11 @@ class Fetcher:
         fsync = self.durability.needs_fsync(final)
         early = fsync or self.durability.writes_back_early
 
-        async def once() -> None:
+        async def once(tries: Tries) -> None:
             os.lseek(claim.fd, 0, os.SEEK_SET)
             os.ftruncate(claim.fd, 0)
             await self.in_thread(claim.reserve, entry.size)
-            sha1 = await self._stream(entry, lambda chunks: claim.append(chunks, flush_early=early))
+            sha1 = await self._stream(entry, lambda chunks: claim.append(chunks, flush_early=early), tries)
             self._check(entry, os.fstat(claim.fd).st_size, sha1)
 
         try:

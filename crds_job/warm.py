@@ -127,7 +127,7 @@ class _Warm:
     async def read_config(self) -> server_config.ServerConfig:
         entry = plan.Entry(name=server_config.NAME, kind="config", size=-1, sha1="")
         try:
-            data = await self.fetcher.with_retries(entry, lambda: self.bucket.read(
+            data = await self.fetcher.with_retries(entry, lambda _tries: self.bucket.read(
                 "config", server_config.NAME, most=server_config.MAX_CONFIG_BYTES))
         except Missing as exc:  # most often a wrong prefix, which no retry fixes: say so first
             raise Missing(exc.what, "check that --bucket/--prefix (CRDS_S3_BUCKET/CRDS_S3_PREFIX) name a CRDS "

@@ -148,6 +148,37 @@ def test_an_answer_that_is_not_the_bytes_asked_for_is_refused_before_it_is_read(
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
 
 
+@pytest.mark.parametrize("fault", ["reset", "truncate"])  # a 5xx answer the SDK retries itself
+def test_a_part_that_fails_in_transit_is_fetched_again_alone(roman_bucket, proxy, fault):
+    """The parts already written and hashed are kept: only the broken one is requested again."""
+    victim = largest_wfi_reference(roman_bucket)
+    size = roman_bucket.sample.reference_sizes[victim]
+    parts = 8
+    proxy.rules = [Rule(fault, path=victim, times=1)]
+    run = roman_bucket.run("roman", "ops", "--part-size", str(-(-size // parts)), env=through(roman_bucket, proxy))
+    assert run.returncode == 0, run.stderr
+    (retry,) = [line for line in run.events("retrying") if line["file"] == victim]
+    assert retry["part"].startswith("bytes ")
+    assert len(proxy.gets(victim)) == parts + 1, proxy.gets(victim)
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+    assert finals_verified(roman_bucket.cache, roman_bucket.sample) == run.event("plan")["mappings"] + 30
+
+
+def test_parts_failing_for_good_use_the_files_attempts_not_their_own(roman_bucket, proxy):
+    """--retries bounds the file's requests, however many parts it has: not parts x retries."""
+    victim = largest_wfi_reference(roman_bucket)
+    size = roman_bucket.sample.reference_sizes[victim]
+    parts, retries = 8, 3
+    proxy.rules = [Rule("reset", path=victim)]
+    run = roman_bucket.run("roman", "ops", "--retries", str(retries), "--part-size", str(-(-size // parts)),
+                           env=through(roman_bucket, proxy))
+    assert run.returncode == ExitCode.S3_ACCESS, run.stderr
+    assert "S3 kept failing" in run.errors[0]["event"] and victim in run.errors[0]["event"]
+    assert len([line for line in run.events("retrying") if line["file"] == victim]) == retries - 1
+    assert len(proxy.gets(victim)) <= parts + retries - 1, proxy.gets(victim)
+    assert victim not in {os.path.basename(f) for f in cache_files(roman_bucket.cache)}
+
+
 def test_an_object_replaced_between_its_parts_is_never_spliced(roman_bucket, proxy):
     """Parts of two versions of an object would pass a size check: their ETags must agree."""
     victim = largest_wfi_reference(roman_bucket)
