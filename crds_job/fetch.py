@@ -34,7 +34,7 @@ from typing import Any
 
 from .cache import Cache, FileId, out_of_room, sha1_of
 from .durability import Durability
-from .errors import CacheError, IntegrityError
+from .errors import CacheError, IntegrityError, S3AccessError
 from .launch import hold_stop_signals
 from .plan import Entry
 from .progress import Progress
@@ -105,15 +105,28 @@ class Tries:
     hundred. Bytes that arrive whole but wrong (size, sha1, another version
     between two parts) need the whole file again. One count for both keeps
     every file's requests bounded by ``--retries``, not its square.
+
+    The count is of failures, not of failed requests: requests already in
+    flight when an attempt was counted (one blip resets every part of a
+    file at once) fail within that attempt, and wait out its backoff
+    without using another. Only a request started since counts anew.
     """
 
     def __init__(self, fetcher: Fetcher, entry: Entry) -> None:
         self.fetcher = fetcher
         self.entry = entry
         self.attempt = 1
+        self._resume_at = 0.0  # the loop time the current attempt's backoff ends
 
-    async def again(self, failure: Exception, part: tuple[int, int] | None = None) -> None:
-        """Wait out the backoff before the next attempt after ``failure``; raise if none is left."""
+    async def again(self, failure: Exception, started: int, part: tuple[int, int] | None = None) -> None:
+        """Wait out the backoff before the next attempt after ``failure``; raise if none is left.
+
+        ``started``: the attempt the failed request was made in (``attempt`` as it started).
+        """
+        loop = asyncio.get_running_loop()
+        if started < self.attempt:  # in flight when this attempt was counted: the same failure
+            await asyncio.sleep(max(0.0, self._resume_at - loop.time()))
+            return
         retries = self.fetcher.retries
         if self.attempt >= retries:
             if isinstance(failure, (Mismatch, BodyCorrupt)):
@@ -121,9 +134,12 @@ class Tries:
                     f"{failure}; still wrong after {retries} attempts",
                     "the bucket's object or its metadata is corrupt: pin another context or report it",
                 ) from failure
+            if isinstance(failure, Transient):  # final now: no caller's retry loop may take it for another try
+                raise S3AccessError(failure.what, failure.todo) from failure
             raise failure
         self.attempt += 1
         delay = backoff(self.attempt)
+        self._resume_at = loop.time() + delay
         self.fetcher.progress.retries += 1
         where = {} if part is None else {"part": f"bytes {part[0]}-{part[1] - 1}"}
         self.fetcher.log.warning("retrying", file=self.entry.name, attempt=self.attempt, of=retries, **where,
@@ -172,6 +188,7 @@ class Fetcher:
         """Bytes ``[start, end)`` of ``entry`` (all of it without ``tries``, else a part retried on its own)."""
         span = None if tries is None else (start, end)
         while True:
+            started = tries.attempt if tries is not None else 0
             try:
                 async with self._requests:  # the SDK's check only without a sha1, which checks end to end
                     part = await self.bucket.read_part(entry.area, entry.name, entry.size, span,
@@ -180,7 +197,7 @@ class Fetcher:
             except (Transient, BodyCorrupt) as exc:
                 if tries is None:
                     raise
-                await tries.again(exc, (start, end))
+                await tries.again(exc, started, (start, end))
         self.progress.bytes_transferred += end - start
         return part
 
@@ -255,10 +272,11 @@ class Fetcher:
         """Run ``attempt_once(tries)`` until it succeeds, retrying mismatches and transient S3 errors."""
         tries = Tries(self, entry)
         while True:
+            started = tries.attempt
             try:
                 return await attempt_once(tries)
             except (Mismatch, BodyCorrupt, Transient) as exc:
-                await tries.again(exc)
+                await tries.again(exc, started)
 
     # ----- the two uses -----------------------------------------------------------------------
 

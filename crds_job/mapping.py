@@ -83,9 +83,9 @@ def _surviving_values(node: ast.Dict, fold_case: bool) -> Iterator[ast.AST]:
             hash(literal)
         except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
             literal = object()  # equal to no other key
-        if fold_case and isinstance(literal, str):
-            literal = literal.lower()
-        surviving[literal] = value
+        surviving[literal] = value  # Python's literal first: a repeat keeps its first place, its last value
+    if fold_case:  # then the client's folding, over that dict in its order: the later place wins
+        surviving = {key.lower() if isinstance(key, str) else key: value for key, value in surviving.items()}
     return iter(surviving.values())
 
 

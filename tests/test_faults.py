@@ -164,8 +164,22 @@ def test_a_part_that_fails_in_transit_is_fetched_again_alone(roman_bucket, proxy
     assert finals_verified(roman_bucket.cache, roman_bucket.sample) == run.event("plan")["mappings"] + 30
 
 
+def test_one_blip_that_breaks_every_part_in_flight_costs_one_attempt(roman_bucket, proxy):
+    """Five parts reset at once are one failure of the network, not five: the file still has its retries."""
+    victim = largest_wfi_reference(roman_bucket)
+    size = roman_bucket.sample.reference_sizes[victim]
+    parts = 8
+    proxy.rules = [Rule("reset", path=victim, times=5)]  # the first five of the eight, all in flight together
+    run = roman_bucket.run("roman", "ops", "--retries", "2", "--part-size", str(-(-size // parts)),
+                           env=through(roman_bucket, proxy))
+    assert run.returncode == 0, run.stderr
+    assert len([line for line in run.events("retrying") if line["file"] == victim]) == 1
+    assert len(proxy.gets(victim)) == parts + 5, proxy.gets(victim)
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
 def test_parts_failing_for_good_use_the_files_attempts_not_their_own(roman_bucket, proxy):
-    """--retries bounds the file's requests, however many parts it has: not parts x retries."""
+    """--retries bounds the file's attempts, however many parts it has: each part is tried at most that often."""
     victim = largest_wfi_reference(roman_bucket)
     size = roman_bucket.sample.reference_sizes[victim]
     parts, retries = 8, 3
@@ -175,7 +189,7 @@ def test_parts_failing_for_good_use_the_files_attempts_not_their_own(roman_bucke
     assert run.returncode == ExitCode.S3_ACCESS, run.stderr
     assert "S3 kept failing" in run.errors[0]["event"] and victim in run.errors[0]["event"]
     assert len([line for line in run.events("retrying") if line["file"] == victim]) == retries - 1
-    assert len(proxy.gets(victim)) <= parts + retries - 1, proxy.gets(victim)
+    assert len(proxy.gets(victim)) <= parts * retries, proxy.gets(victim)
     assert victim not in {os.path.basename(f) for f in cache_files(roman_bucket.cache)}
 
 

@@ -168,6 +168,17 @@ def duplicate_keys(serial: int) -> dict[str, str]:
     }
 
 
+def refolded_key(serial: int) -> dict[str, str]:
+    """{'WFI': a, 'wfi': b, 'WFI': c}: Python keeps WFI first (valued c), then folding lets wfi's b win."""
+    pmap, imaps = f"roman_{serial}.pmap", [f"roman_wfi_{serial}{n}.imap" for n in (1, 2, 3)]
+    rmap = f"roman_wfi_dark_{serial}.rmap"
+    entries = "".join(f"    '{key}' : '{imap}',\n" for key, imap in zip(("WFI", "wfi", "WFI"), imaps, strict=True))
+    files = {pmap: roman_mapping(pmap, "{\n" + entries + "}")}
+    files[imaps[1]] = roman_mapping(imaps[1], f"{{\n    'DARK' : '{rmap}',\n}}")
+    files[rmap] = roman_mapping(rmap, "Match({\n    ('WFI01',) : 'roman_wfi_dark_a.asdf',\n})")
+    return files
+
+
 def upper_case_sha1sum(serial: int) -> dict[str, str]:
     """The client reads header values in lower case, its sha1sum among them."""
     name = f"roman_wfi_dark_{serial}.rmap"
@@ -184,8 +195,9 @@ def docstring(serial: int) -> dict[str, str]:
     return {name: documented.replace(mapping.header_checksum(text), mapping.header_checksum(documented))}
 
 
-@pytest.mark.parametrize("serial, make", [(501, duplicate_keys), (502, upper_case_sha1sum), (503, docstring)],
-                         ids=["duplicate keys", "upper-case sha1sum", "docstring"])
+@pytest.mark.parametrize("serial, make", [(501, duplicate_keys), (502, upper_case_sha1sum), (503, docstring),
+                                          (504, refolded_key)],
+                         ids=["duplicate keys", "upper-case sha1sum", "docstring", "a key folded back"])
 def test_we_name_exactly_the_files_the_crds_client_would(tmp_path, monkeypatch, serial, make):
     """What we plan from a mapping is what crds loads from it, checksums checked: no more, no less."""
     rmap_module = pytest.importorskip("crds.core.rmap", reason="the crds client is in the test extra")
