@@ -104,7 +104,8 @@ class Tries:
     many parts over and over on a network that drops one request in a few
     hundred. Bytes that arrive whole but wrong (size, sha1, another version
     between two parts) need the whole file again. One count for both keeps
-    every file's requests bounded by ``--retries``, not its square.
+    a file's attempts at ``--retries`` (so each part's requests too), not
+    ``--retries`` whole-file attempts each with ``--retries`` per part.
 
     The count is of failures, not of failed requests: requests already in
     flight when an attempt was counted (one blip resets every part of a
