@@ -285,7 +285,7 @@ class Bucket:
                 "response_checksum_validation": "when_required",  # only for reads that ask (``checked``)
             },
         )
-        self._fs.retries = 1  # body errors go up to fetch, which retries the whole file
+        self._fs.retries = 1  # body errors go up to fetch, which retries the part (or the whole file)
         try:
             self._client = await self._fs.set_session()
         except (ValueError, botocore.exceptions.ValidationError) as exc:  # "Invalid endpoint", a malformed region
