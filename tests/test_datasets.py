@@ -200,18 +200,24 @@ print(json.dumps(found))
 """
 
 
-@pytest.mark.parametrize("layout", ["flat", "instrument"])
-def test_an_hst_calibration_finds_its_references_in_the_iraf_folders(hst_bucket, hst_datasets, layout):
+@pytest.mark.parametrize("layout, pinned", [("flat", False), ("instrument", False), ("flat", True)])
+def test_an_hst_calibration_finds_its_references_in_the_iraf_folders(hst_bucket, hst_datasets, layout, pinned):
     """HST's way: crds bestrefs writes the best references into the raw file's header (``jref$...``),
-    offline on the warmed cache, and the calibration program opens them through ``jref`` & co."""
+    offline on the warmed cache, and the calibration program opens them through ``jref`` & co.
+
+    As the README and the hst overlays run it: with ``--new-context "$CRDS_CONTEXT"``, without
+    which crds bestrefs takes the bucket's latest context, absent from a cache warmed for another.
+    """
     dataset = hst_datasets["ACS"]
-    script = (f'"{sys.executable}" -m crds.bestrefs --files "$1" --update-bestrefs && '
+    context = hst_bucket.sample.contexts[0 if pinned else -1]
+    script = (f'"{sys.executable}" -m crds.bestrefs --new-context "$CRDS_CONTEXT" --files "$1" --update-bestrefs && '
               f'exec "{sys.executable}" -c "$2" "$1"')
     run = hst_bucket.run("hst", "ops", "--ref-subdir-mode", layout, "--datasets", dataset,
+                         *(["--context", context] if pinned else []),
                          "--", "sh", "-c", script, "sh", dataset, HST_CALIBRATION)
     assert run.returncode == 0, run.stderr
     found = json.loads(run.stdout.splitlines()[-1])
-    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+    expected = hst_bucket.sample.expected[context]["acs"]
     assert {key.lower(): os.path.basename(path) for key, path in found.items()} == expected
     folder = os.path.join(hst_bucket.cache, "references", "hst", *(["acs"] if layout == "instrument" else []))
     assert {os.path.dirname(path) for path in found.values()} == {folder}

@@ -338,7 +338,9 @@ def test_hst_calibrations_get_their_best_references_written_into_the_raw_file_fi
     for job in jobs(render(overlay)):
         for container in job["spec"]["template"]["spec"]["containers"]:
             script = container["command"][-1]
-            update = script.index('crds bestrefs --files "$EXPOSURE" --update-bestrefs &&')
+            # --new-context: crds bestrefs ignores CRDS_CONTEXT (test_datasets runs this with a pinned one)
+            update = script.index('crds bestrefs --new-context "$CRDS_CONTEXT" --files "$EXPOSURE" '
+                                  '--update-bestrefs &&')
             assert script.index(". /crds-cache/crds-job.env") < update < script.index('exec calacs.e "$EXPOSURE"')
 
 
