@@ -7,7 +7,7 @@ states it: an argument of COMMAND (not its program, not an option) that ends
 in a dataset suffix and is either an existing file or a URL. A command run
 through a shell (``sh -c "exec strun ... /data/exposure-$INDEX.asdf"``, as
 array jobs do to pick their exposure) is looked into: the words of its script,
-its variables expanded as the shell will. Found that way,
+read as the shell will (variables, positional parameters, globs). Found that way,
 a candidate is only a guess (``out_cal.asdf`` may be an output to be, an
 ``.asdf`` a parameter file): one that turns out missing or unreadable is
 skipped, not fatal. Datasets named with ``--datasets`` are meant: strict.
@@ -15,7 +15,9 @@ skipped, not fatal. Datasets named with ``--datasets`` are meant: strict.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shlex
 import string
 from collections.abc import Callable, Mapping, Sequence
@@ -70,18 +72,41 @@ class Selection:
         return [name for name in self.datasets if self.strict and not is_url(name) and not exists(name)]
 
 
-def arguments(command: Sequence[str], environ: Mapping[str, str]) -> list[str]:
-    """The words of ``command`` after its program; for ``sh -c SCRIPT``, the words of SCRIPT.
+class _ShellTemplate(string.Template):
+    """``$NAME``, ``${NAME}`` and the positional ``$1``, ``${12}`` as a shell reads them (``$10`` is ``${1}0``)."""
 
-    The script's variables are expanded from ``environ``, the command's own
-    environment (``$AWS_BATCH_JOB_ARRAY_INDEX``...). A script the shell would
-    read differently (quotes left open) adds nothing: a guess, never an error.
+    idpattern = r"(?a:[_a-z][_a-z0-9]*|[0-9])"
+    braceidpattern = r"(?a:[_a-z][_a-z0-9]*|[0-9]+)"
+
+
+#: ``$@`` and ``$*``, quoted or not, braced or not: all the positional parameters.
+_ALL_POSITIONAL = re.compile(r'"\$(?:[@*]|\{[@*]\})"|\$(?:[@*]|\{[@*]\})')
+#: What makes a word a glob pattern for the shell.
+_GLOB_MAGIC = re.compile(r"[*?[]")
+
+
+def arguments(command: Sequence[str], environ: Mapping[str, str],
+              matches: Callable[[str], list[str]] = glob.glob) -> list[str]:
+    """The words of ``command`` after its program; for ``sh -c SCRIPT [NAME ARGS...]``, the words of SCRIPT.
+
+    Read as the shell will: its variables expanded from ``environ``, the
+    command's own environment (``$AWS_BATCH_JOB_ARRAY_INDEX``...); ``$1``...
+    and ``$@`` from ARGS (the usual way to hand a file to ``sh -c``); a glob
+    (``/data/j8bt06*_raw.fits``) to the files it ``matches``, sorted, or
+    itself if none. A script the shell would read differently (quotes left
+    open) adds nothing: a guess, never an error.
     """
     if os.path.basename(command[0]) in SHELLS and len(command) > 2 and command[1] == "-c":
+        positional = list(command[3:])
+        values = {**environ, **{str(number): value for number, value in enumerate(positional)}}
+        script = _ALL_POSITIONAL.sub(lambda _match: shlex.join(positional[1:]), command[2])
         try:
-            return shlex.split(string.Template(command[2]).safe_substitute(environ), comments=True)
+            words = shlex.split(_ShellTemplate(script).safe_substitute(values), comments=True)
         except ValueError:
             return []
+        return [found for word in words
+                for found in (sorted(matches(word)) or [word] if _GLOB_MAGIC.search(word) and not is_url(word)
+                              else [word])]
     return list(command[1:])
 
 

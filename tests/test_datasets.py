@@ -73,6 +73,20 @@ def test_a_shell_scripts_words_are_looked_into_with_its_variables_expanded():
     assert datasets.arguments(["python", "-c", "/data/exposure-7.asdf"], environ) == ["-c", "/data/exposure-7.asdf"]
 
 
+def test_a_shell_scripts_positional_parameters_and_globs_are_expanded_as_the_shell_will():
+    """``sh -c 'calacs.e "$1"' sh FILE``, the usual way to hand ``sh -c`` a file, and a glob of raw files."""
+    exists = {"/data/a_raw.fits", "/data/b_raw.fits", "/data/c_raw.fits"}.__contains__
+    script = 'crds bestrefs --files "$1" && exec calacs.e "$1" ${2}'
+    found = datasets.select((), ["sh", "-c", script, "sh", "/data/a_raw.fits", "/data/b_raw.fits"], False, exists, {})
+    assert found.datasets == ("/data/a_raw.fits", "/data/b_raw.fits")
+    assert datasets.arguments(["sh", "-c", "x $10 \"$@\" $*", "sh", "1", "2 3"], {}) == \
+        ["x", "10", "1", "2 3", "1", "2 3"]  # $10 is ${1}0; each argument stays one word
+    matches = {"/data/*_raw.fits": ["/data/c_raw.fits", "/data/a_raw.fits"]}
+    words = datasets.arguments(["sh", "-c", "calwf3.e /data/*_raw.fits /none/*.fits s3://b/*.fits"], {},
+                               lambda pattern: matches.get(pattern, []))
+    assert words == ["calwf3.e", "/data/a_raw.fits", "/data/c_raw.fits", "/none/*.fits", "s3://b/*.fits"]
+
+
 def test_named_datasets_are_strict_and_guesses_are_not():
     named = datasets.select(("a.fits", "s3://b/c.fits"), [], False, lambda _path: False)
     assert named.strict and named.local_missing(lambda _path: False) == ["a.fits"]  # URLs: checked when read
@@ -245,6 +259,15 @@ def test_the_dataset_an_array_jobs_shell_script_names_is_found(hst_bucket, hst_d
     script = f"exec {check} {folder}/exposure-${{AWS_BATCH_JOB_ARRAY_INDEX}}_raw.fits"
     child = dict(hst_bucket.env(), AWS_BATCH_JOB_ARRAY_INDEX="4")
     run = hst_bucket.run("hst", "ops", "--", "sh", "-c", script, env=child)
+    assert run.returncode == 0, run.stderr
+    assert run.event("warming the references of datasets")["source"] == "command"
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["wfc3"]
+    assert references_in(hst_bucket.cache) == set(expected.values())
+
+
+def test_the_dataset_handed_to_a_shell_script_as_its_argument_is_found(hst_bucket, hst_datasets):
+    check = f"{sys.executable} -c 'import sys, os; assert os.path.isfile(sys.argv[1])'"
+    run = hst_bucket.run("hst", "ops", "--", "sh", "-c", f'exec {check} "$1"', "sh", hst_datasets["WFC3"])
     assert run.returncode == 0, run.stderr
     assert run.event("warming the references of datasets")["source"] == "command"
     expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["wfc3"]
