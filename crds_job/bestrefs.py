@@ -184,13 +184,16 @@ def _read_header(crds_io: Any, source: str, observatory: str, anonymous: bool) -
     """The dataset's header as ``crds bestrefs --files`` reads it (all FITS extensions, the ASDF tree)."""
     from . import datasets
 
-    name = datasets.crds_name(source.rstrip("/").rsplit("/", 1)[-1])
+    base = datasets.base_name(source)
+    name = datasets.crds_name(base)
     if datasets.is_url(source):
         import fsspec
 
         options = {"anon": True} if anonymous and source.lower().startswith("s3://") else {}
         filesystem, path = fsspec.core.url_to_fs(source, **options)
-        with filesystem.open(path, "rb", block_size=HEADER_BLOCK) as handle:
+        # Decompressed as it is read (``x_raw.fits.gz``), as astropy does a local file but not a stream.
+        compression = fsspec.utils.infer_compression(base)
+        with filesystem.open(path, "rb", block_size=HEADER_BLOCK, compression=compression) as handle:
             return crds_io.file_factory(handle, name, observatory).get_header((), checksum=False)
     if not os.path.isfile(source):
         raise FileNotFoundError(source)

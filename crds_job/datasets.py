@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import string
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,9 +46,16 @@ def crds_name(name: str) -> str:
     return name
 
 
+def base_name(source: str) -> str:
+    """The file name of a path or URL: of a URL's path, without its query (a presigned URL's signature)."""
+    path = urllib.parse.urlsplit(source).path if is_url(source) else source
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def looks_like_dataset(argument: str) -> bool:
-    """An argument that names a dataset by its suffix (``l1_img.asdf``, ``s3://b/x_raw.fits``)."""
-    return not argument.startswith("-") and argument.lower().endswith(SUFFIXES)
+    """An argument that names a dataset by its suffix (``l1_img.asdf``, ``s3://b/x_raw.fits``,
+    ``https://b.s3.amazonaws.com/x_raw.fits?X-Amz-Signature=...``)."""
+    return not argument.startswith("-") and base_name(argument).lower().endswith(SUFFIXES)
 
 
 @dataclass(frozen=True)
