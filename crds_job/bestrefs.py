@@ -17,16 +17,19 @@ request names (not stdout, where a library's C code or subprocess may write).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
+import glob
 import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import datasets
 from .cache import c_function
 from .datasets import is_url
 from .errors import BucketContentError, CrdsJobError, DatasetError, S3AccessError, UsageError
@@ -37,6 +40,8 @@ HEADER_BLOCK = 256 * 1024
 _NOT_APPLICABLE = "NOT FOUND n/a"
 _NOT_FOUND = "NOT FOUND"
 _CRDS_MISSING = "crds-missing"
+#: An HST association table's FILETYPE: its exposures, not the table, are what is calibrated.
+_ASSOCIATION = "ASN_TABLE"
 #: Seconds crds may take to choose, headers read included, before the warm gives up on it.
 TIMEOUT = 900.0
 
@@ -50,10 +55,12 @@ class Choice:
     references: dict[str, str]  # reference type -> file
     not_applicable: tuple[str, ...] = ()  # types crds says do not apply (N/A, OMIT)
     unmatched: dict[str, str] = field(default_factory=dict)  # type -> crds's reason: no file matched
+    association: str = ""  # the HST association table that lists this exposure, if that is how it was named
 
     def report(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "instrument": self.instrument, "references": dict(self.references),
-                "not_applicable": list(self.not_applicable), "unmatched": dict(self.unmatched)}
+                "not_applicable": list(self.not_applicable), "unmatched": dict(self.unmatched),
+                **({"association": self.association} if self.association else {})}
 
 
 #: Errors of a read that may pass: s3fs's for S3's 5xx and throttling, a disk's, a network's.
@@ -109,7 +116,8 @@ def _choice(answer: Mapping[str, Any], context: str) -> Choice:
     if reason:
         raise DatasetError(f"dataset {dataset}: {message}", _TODO.get(reason, _TODO["unreadable"]))
     return Choice(dataset=dataset, instrument=answer["instrument"], references=dict(answer["references"]),
-                  not_applicable=tuple(answer["not_applicable"]), unmatched=dict(answer["unmatched"]))
+                  not_applicable=tuple(answer["not_applicable"]), unmatched=dict(answer["unmatched"]),
+                  association=answer.get("association", ""))
 
 
 async def _run_child(request: dict[str, Any], env: Mapping[str, str], answer_path: str) -> dict[str, Any]:
@@ -172,6 +180,9 @@ async def choose(
     for one in answer["results"]:
         if not strict and _skippable(one):
             skipped.append(Skipped(one["dataset"], one["message"]))
+        elif not strict and not one.get("error") and not one["references"]:
+            # crds read it and chose nothing for it: not an exposure (a catalog, a table), whatever its name
+            skipped.append(Skipped(one["dataset"], "crds chose no reference for it: no type applies or matched"))
         else:
             choices.append(_choice(one, context))
     return choices, skipped
@@ -180,24 +191,71 @@ async def choose(
 # ----- the child: runs under the real crds -----------------------------------------------------
 
 
+def _filesystem(source: str, anonymous: bool) -> tuple[Any, str]:
+    """fsspec's filesystem for a dataset URL, and the URL's path in it."""
+    import fsspec
+
+    options = {"anon": True} if anonymous and source.lower().startswith("s3://") else {}
+    return fsspec.core.url_to_fs(source, **options)
+
+
+@contextlib.contextmanager
+def _opened(source: str, anonymous: bool) -> Iterator[Any]:
+    """A dataset as astropy and crds read it: a local path, or an open file read in blocks."""
+    if not is_url(source):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(source)
+        yield source
+        return
+    import fsspec
+
+    filesystem, path = _filesystem(source, anonymous)
+    # Decompressed as it is read (``x_raw.fits.gz``), as astropy does a local file but not a stream.
+    compression = fsspec.utils.infer_compression(datasets.base_name(source))
+    with filesystem.open(path, "rb", block_size=HEADER_BLOCK, compression=compression) as handle:
+        yield handle
+
+
 def _read_header(crds_io: Any, source: str, observatory: str, anonymous: bool) -> dict[str, Any]:
     """The dataset's header as ``crds bestrefs --files`` reads it (all FITS extensions, the ASDF tree)."""
-    from . import datasets
+    name = datasets.crds_name(datasets.base_name(source))
+    with _opened(source, anonymous) as opened:
+        return crds_io.file_factory(opened, name, observatory).get_header((), checksum=False)
 
-    base = datasets.base_name(source)
-    name = datasets.crds_name(base)
-    if datasets.is_url(source):
-        import fsspec
 
-        options = {"anon": True} if anonymous and source.lower().startswith("s3://") else {}
-        filesystem, path = fsspec.core.url_to_fs(source, **options)
-        # Decompressed as it is read (``x_raw.fits.gz``), as astropy does a local file but not a stream.
-        compression = fsspec.utils.infer_compression(base)
-        with filesystem.open(path, "rb", block_size=HEADER_BLOCK, compression=compression) as handle:
-            return crds_io.file_factory(handle, name, observatory).get_header((), checksum=False)
-    if not os.path.isfile(source):
-        raise FileNotFoundError(source)
-    return crds_io.file_factory(source, name, observatory).get_header((), checksum=False)
+def _is_association(source: str, header: Mapping[str, Any]) -> bool:
+    return (str(header.get("FILETYPE", "")).strip().upper() == _ASSOCIATION
+            or datasets.base_name(source).lower().endswith("_asn.fits"))
+
+
+def _association_members(source: str, anonymous: bool) -> tuple[list[str], list[str]]:
+    """The raw files of the exposures an HST association table lists, beside it; and the members without one.
+
+    An exposure member (``MEMTYPE`` EXP-..., ``MEMPRSNT``) ``j8bt06o6q`` is
+    ``j8bt06o6q_raw.fits`` (``_rawtag_a.fits``... for COS) in the table's folder,
+    where calacs.e & co. look for it. Products (PROD-...) are outputs to be.
+    """
+    from astropy.io import fits
+
+    with _opened(source, anonymous) as opened, fits.open(opened) as hdus:
+        names = [str(row["MEMNAME"]).strip().lower() for row in hdus[1].data
+                 if str(row["MEMTYPE"]).strip().upper().startswith("EXP") and bool(row["MEMPRSNT"])]
+    found = _raw_files(source, names, anonymous)
+    return [path for name in names for path in found[name]], [name for name in names if not found[name]]
+
+
+def _raw_files(table: str, names: list[str], anonymous: bool) -> dict[str, list[str]]:
+    """Each member's raw files in ``table``'s folder: a local folder's, or a bucket's listing."""
+    if not is_url(table):
+        folder = glob.escape(os.path.dirname(table))
+        return {name: sorted(glob.glob(os.path.join(folder, f"{name}_raw*.fits"))) for name in names}
+    url_folder = table.split("?", 1)[0][: -len(datasets.base_name(table))]  # ends with "/"
+    if table.lower().startswith(("http://", "https://")):  # no listing over HTTP: the usual name
+        return {name: [f"{url_folder}{name}_raw.fits"] for name in names}
+    filesystem, path = _filesystem(table, anonymous)
+    folder = path.rsplit("/", 1)[0]
+    return {name: sorted(url_folder + match.rsplit("/", 1)[-1]
+                         for match in filesystem.glob(f"{folder}/{name}_raw*.fits")) for name in names}
 
 
 def _read_failure(exc: Exception, url: bool) -> tuple[str, str]:
@@ -223,6 +281,33 @@ def _read_failure(exc: Exception, url: bool) -> tuple[str, str]:
     return "unreadable", f"its header cannot be read: {text}"
 
 
+def _answers(
+    crds: Any, pmap: Any, source: str, context: str, observatory: str, anonymous: bool
+) -> list[dict[str, Any]]:
+    """The answer for one dataset; for an HST association table, one for each of its exposures.
+
+    calacs.e and calwf3.e calibrate an association's members, each by its own
+    header; the table's header names no exposure's parameters, so crds would
+    choose nothing for the table itself.
+    """
+    answer = _one(crds, pmap, source, context, observatory, anonymous)
+    header = answer.pop("header", None)
+    if header is None or not _is_association(source, header):
+        return [answer]
+    try:
+        members, absent = _association_members(source, anonymous)
+    except Exception as exc:
+        reason, message = _read_failure(exc, is_url(source) and not source.lower().startswith("file://"))
+        return [{"dataset": source, "error": reason, "message": f"its members cannot be read: {message}"}]
+    answers = [{"dataset": source, "error": "missing", "association": source,
+                "message": f"association member {name} has no raw file beside the table"} for name in absent]
+    for member in members:
+        found = _one(crds, pmap, member, context, observatory, anonymous)
+        found.pop("header", None)
+        answers.append(dict(found, association=source))
+    return answers or [answer]
+
+
 def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anonymous: bool) -> dict[str, Any]:
     from crds.core import utils
     from crds.io import factory
@@ -233,6 +318,7 @@ def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anon
     except Exception as exc:  # any failure to read: classified, so the exit code says what to do
         reason, message = _read_failure(exc, is_url(source) and not source.lower().startswith("file://"))
         return dict(answer, error=reason, message=message)
+    answer["header"] = {key: header[key] for key in ("FILETYPE",) if key in header}
     try:
         instrument = utils.header_to_instrument(header).lower()
     except Exception as exc:
@@ -289,8 +375,9 @@ def main() -> int:
         except Exception as exc:  # the context itself: nothing can be chosen from it
             answer = {"fatal": "context", "message": f"{type(exc).__name__}: {exc}"[:500]}
         else:
-            answer = {"results": [_one(crds, pmap, source, request["context"], request["observatory"],
-                                       request["anonymous"]) for source in request["datasets"]]}
+            answer = {"results": [one for source in request["datasets"]
+                                  for one in _answers(crds, pmap, source, request["context"],
+                                                      request["observatory"], request["anonymous"])]}
     with open(request["answer"], "w", encoding="utf-8") as handle:
         json.dump(answer, handle)
     return 0

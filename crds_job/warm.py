@@ -261,7 +261,11 @@ class _Warm:
                              argument=one.dataset, reason=one.reason)
         for choice in choices:
             self.log.info("best references", dataset=choice.dataset, instrument=choice.instrument,
-                          references=choice.references, not_applicable=list(choice.not_applicable))
+                          references=choice.references, not_applicable=list(choice.not_applicable),
+                          **({"association": choice.association} if choice.association else {}))
+            if not choice.references:
+                self.log.warning("crds chose no reference for a named dataset: is it an exposure?",
+                                 dataset=choice.dataset)
             if choice.unmatched:
                 self.log.warning("no reference matched some types of a dataset; the calibration decides "
                                  "whether that is fatal", dataset=choice.dataset, unmatched=choice.unmatched)

@@ -275,6 +275,62 @@ def test_the_dataset_handed_to_a_shell_script_as_its_argument_is_found(hst_bucke
     assert references_in(hst_bucket.cache) == set(expected.values())
 
 
+def hst_association(folder, absent: str = "") -> tuple[str, list[str]]:
+    """An ACS association of two exposures of different dates (so of different references), and its raw files."""
+    header = context.HST_DATASET_HEADERS["ACS"]
+    raws = [sample_datasets.write_fits(os.path.join(folder, "j8bt06o6q_raw.fits"), header),
+            sample_datasets.write_fits(os.path.join(folder, "j8bt06o7q_raw.fits"),
+                                       dict(header, **{"DATE-OBS": "2017-01-01"}))]
+    table = sample_datasets.write_association(os.path.join(folder, "j8bt06010_asn.fits"), "ACS",
+                                              {"j8bt06o6q": "EXP-DTH", "j8bt06o7q": "EXP-DTH", "j8bt06011": "PROD-DTH"})
+    if absent:
+        os.remove(os.path.join(folder, f"{absent}_raw.fits"))
+    return table, raws
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_hst_association_warms_what_its_exposures_need(hst_bucket, tmp_path, where):
+    """calacs.e on an _asn.fits calibrates the exposures it lists, each by its own header."""
+    table, raws = hst_association(str(tmp_path))
+    names = [table, *raws]
+    if where == "s3":  # the members beside the table, found by listing the bucket
+        for path in [table, *raws]:
+            with open(path, "rb") as handle:
+                hst_bucket.put(f"inputs/{os.path.basename(path)}", handle.read())
+        names = [f"s3://{hst_bucket.name}/inputs/{os.path.basename(path)}" for path in [table, *raws]]
+    run = hst_bucket.run("hst", "ops", "--", "true", names[0])  # found in the command, as calacs.e's argument
+    assert run.returncode == 0, run.stderr
+    choices = run.events("best references")
+    assert sorted(choice["dataset"] for choice in choices) == names[1:]  # the product (PROD-DTH) is an output
+    assert {choice["association"] for choice in choices} == {names[0]}
+    wanted = set().union(*crds_bestrefs(hst_bucket, raws).values())
+    assert len(wanted) > len(crds_bestrefs(hst_bucket, raws[:1])[raws[0]])  # the dates differ: so do references
+    assert references_in(hst_bucket.cache) == wanted
+
+
+def test_an_association_member_without_its_raw_file_is_a_dataset_error(hst_bucket, tmp_path):
+    table, _ = hst_association(str(tmp_path), absent="j8bt06o7q")
+    run = hst_bucket.run("hst", "ops", "--datasets", table)
+    assert run.returncode == ExitCode.DATASET, run.stderr
+    assert "j8bt06o7q" in run.errors[0]["event"] and not references_in(hst_bucket.cache)
+
+
+def test_a_guess_crds_chooses_nothing_for_is_no_dataset(hst_bucket, tmp_path):
+    """A FITS file that is no exposure (a catalog) names no reference: the whole context, as with no dataset."""
+    catalog = sample_datasets.write_fits(str(tmp_path / "catalog.fits"), {"INSTRUME": "ACS"})
+    run = hst_bucket.run("hst", "ops", "--", "true", catalog)
+    assert run.returncode == 0, run.stderr
+    assert run.event("a command argument named like a dataset is not one crds can read: skipped")["argument"] == catalog
+    everything = {name for kinds in hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]].values()
+                  for name in kinds.values()}
+    assert references_in(hst_bucket.cache) > everything
+    # Named, it is meant: kept, with a warning, and it needs nothing.
+    run = hst_bucket.run("hst", "ops", "--dry-run", "--datasets", catalog)
+    assert run.returncode == 0, run.stderr
+    assert run.event("crds chose no reference for a named dataset: is it an exposure?")["dataset"] == catalog
+    assert json.loads(run.stdout)["datasets"][0]["references"] == {}
+
+
 def test_all_references_keeps_the_whole_context(hst_bucket, hst_datasets):
     run = hst_bucket.run("hst", "ops", "--all-references", "--", "true", hst_datasets["ACS"])
     assert run.returncode == 0, run.stderr

@@ -24,6 +24,24 @@ def write_fits(path: str, header: Mapping[str, str], data_bytes: int = 0) -> str
     return path
 
 
+def write_association(path: str, instrument: str, members: Mapping[str, str]) -> str:
+    """An HST association table listing ``members`` (name: MEMTYPE, e.g. ``EXP-DTH``, ``PROD-DTH``), all present."""
+    import numpy
+    from astropy.io import fits
+
+    primary = fits.PrimaryHDU()
+    primary.header["INSTRUME"] = instrument
+    primary.header["FILETYPE"] = "ASN_TABLE"
+    names = [name.upper() for name in members]
+    table = fits.BinTableHDU.from_columns([
+        fits.Column(name="MEMNAME", format="14A", array=numpy.array(names)),
+        fits.Column(name="MEMTYPE", format="14A", array=numpy.array(list(members.values()))),
+        fits.Column(name="MEMPRSNT", format="L", array=numpy.ones(len(names), dtype=bool)),
+    ], name="ASN")
+    fits.HDUList([primary, table]).writeto(path, overwrite=True)
+    return path
+
+
 def _tree(header: Mapping[str, str]) -> dict[str, Any]:
     """``{"ROMAN.META.INSTRUMENT.NAME": "WFI"}`` -> ``{"roman": {"meta": {"instrument": {"name": "WFI"}}}}``."""
     tree: dict[str, Any] = {}
