@@ -40,6 +40,8 @@ MODE_FILE = "ref_cache_subdir_mode"
 MODES = ("flat", "instrument")
 DEFAULT_MODE = "flat"  # as S3 stores references, and as crds_s3_set configures
 TEMP_SUFFIX = ".crds-job.part"
+#: Seconds a warm waits for another writer of a file before it says so in the log.
+CLAIM_PATIENCE = 10.0
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 #: On Linux, DONTNEED on dirty pages starts their writeback without waiting for it.
 _ADVICE = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
@@ -408,13 +410,23 @@ class Cache:
 
     # ----- writing ------------------------------------------------------------------------
 
-    async def claim(self, final: str, poll: float = 0.2) -> Claim:
-        """Wait for the exclusive right to write ``final`` (another writer may hold it)."""
+    async def claim(self, final: str, poll: float = 0.2, waiting: Callable[[], None] | None = None,
+                    patience: float = CLAIM_PATIENCE) -> Claim:
+        """Wait for the exclusive right to write ``final`` (another writer may hold it).
+
+        The wait has no bound: the other writer may be slow, not dead (a dead
+        one's lock is gone). After ``patience`` seconds ``waiting`` is called,
+        once, so that a warm stuck behind a frozen writer says why.
+        """
         self.ensure_folder(os.path.dirname(final))
+        waited = 0.0
         while True:
             claim = _try_lock(final)
             if claim is not None:
                 return claim
+            if waiting is not None and waited < patience <= waited + poll:
+                waiting()
+            waited += poll
             await asyncio.sleep(poll)
 
     async def write(self, final: str, data: bytes, fsync: bool) -> None:
@@ -441,9 +453,16 @@ class Cache:
         return True
 
     def stale_temps(self) -> Iterator[str]:
-        """Temp files under this observatory's folders (ours, or left by killed jobs)."""
+        """Temp files in the cache's folders, every observatory's (ours, or left by killed jobs).
+
+        Every observatory's: a warm of one killed mid-file leaves a temp file
+        holding its whole reserved size, and the next warm of the shared
+        volume may be of another. Links are not followed (``os.walk``'s default).
+        """
         for area in ("mappings", "references", "config"):
-            top = self.folder(area)
+            top = os.path.join(self.root, area)
+            if os.path.islink(top):  # refused where it matters (``reading``); never walked into
+                continue
             for folder, _dirs, files in os.walk(top):
                 for name in files:
                     if name.startswith(".") and name.endswith(TEMP_SUFFIX):

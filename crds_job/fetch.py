@@ -316,7 +316,8 @@ class Fetcher:
 
     async def _fetch_file(self, entry: Entry, cache: Cache, stale: FileId | None) -> bool:
         final = cache.path(entry)
-        claim = await cache.claim(final)
+        claim = await cache.claim(final, waiting=lambda: self.log.info(
+            "waiting for another writer of a file: a warm sharing the cache, maybe stopped", file=entry.name))
         try:
             if cache.holds(final, entry.size, stale) and (stale is None or await self._fixed(final, entry)):
                 claim.release()  # another process finished it while we waited

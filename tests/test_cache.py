@@ -12,7 +12,7 @@ import pytest
 from conftest import CANNOT_RESERVE, can_reserve, needs_tmpfs
 
 from crds_job import cache as cache_module
-from crds_job.cache import Cache, file_id, temp_path
+from crds_job.cache import Cache, Claim, file_id, temp_path
 from crds_job.errors import CacheError
 from crds_job.plan import Entry
 
@@ -80,6 +80,25 @@ def test_a_held_claim_excludes_other_writers_and_commit_is_atomic(tmp_path):
     assert not os.path.exists(temp_path(final))
 
 
+def test_a_writer_waiting_for_another_says_so_once(tmp_path):
+    """Behind a stopped writer (SIGSTOP, a frozen node) the wait has no end: the log says why."""
+    c = Cache(str(tmp_path), "roman", "flat")
+    final = c.path(REF)
+    held = asyncio.run(c.claim(final))
+    said: list[str] = []
+
+    async def wait_then_free() -> Claim:
+        waiter = asyncio.ensure_future(c.claim(final, poll=0.01, waiting=lambda: said.append("waiting"),
+                                               patience=0.05))
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        held.release()
+        return await waiter
+
+    asyncio.run(wait_then_free()).release()
+    assert said == ["waiting"]
+
+
 @pytest.mark.parametrize("flush_early", [False, True])
 def test_append_writes_chunks_in_order_whether_or_not_writeback_starts_early(tmp_path, flush_early):
     c = Cache(str(tmp_path), "roman", "flat")
@@ -133,9 +152,12 @@ def test_sweep_removes_dead_writers_temps_but_not_live_ones(tmp_path):
     folder.mkdir(parents=True)
     dead = folder / ".dead.asdf.crds-job.part"
     dead.write_bytes(b"partial")
+    other = tmp_path / "references/hst/acs"  # a killed warm of another observatory, on a shared volume
+    other.mkdir(parents=True)
+    (other / ".x_drk.fits.crds-job.part").write_bytes(b"partial")
     live = asyncio.run(c.claim(str(folder / "live.asdf")))
-    assert c.sweep() == 1
-    assert not dead.exists() and os.path.exists(live.temp)
+    assert c.sweep() == 2
+    assert not dead.exists() and os.path.exists(live.temp) and not os.listdir(other)
     live.release()
 
 
