@@ -10,19 +10,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import gc
 import json
 import os
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from . import launch, logs
 from . import settings as settings_module
-from .cache import out_of_room
+from .cache import out_of_room, temp_path
 from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
 from .settings import Settings
 from .warm import Outcome, warm
@@ -109,24 +109,39 @@ def run_stoppable(work: Callable[[], Awaitable[T]]) -> T:
 
 
 def write_env_file(path: str, text: str) -> None:
-    """Write the env file atomically: a reader never sees half of it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    temp = None
+    """Write the env file atomically: a reader never sees half of it.
+
+    Through one temp file per env file (``temp_path``), locked while written:
+    a job killed before its rename leaves that one file, which the next job
+    writing the same env file takes over, not one more each time.
+    """
+    temp = temp_path(os.path.abspath(path))
+    handle = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=folder, prefix=".crds-job-env-")
-        with os.fdopen(handle, "w", errors="surrogateescape") as out:  # a path's bytes as the OS gave them
-            out.write(text)
-        os.chmod(temp, 0o644)
+        os.makedirs(os.path.dirname(temp), exist_ok=True)
+        while True:  # another job writing the same file: after it, and never into the file it renamed
+            handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(handle), os.lstat(temp)):
+                    break
+            os.close(handle)
+            handle = None
+        os.ftruncate(handle, 0)
+        os.write(handle, text.encode(errors="surrogateescape"))  # a path's bytes as the OS gave them
+        os.fchmod(handle, 0o644)
         os.replace(temp, path)
     except BaseException as exc:
-        if temp is not None and os.path.exists(temp):
+        if handle is not None and os.path.exists(temp):
             os.unlink(temp)
         if isinstance(exc, OSError):
             raise out_of_room(exc, path) or UsageError(
                 f"cannot write the env file {path}: {exc.strerror}",
                 "give --env-file a path the job may write, e.g. in the cache volume") from exc
         raise
+    finally:
+        if handle is not None:
+            os.close(handle)
 
 
 def _fail(log: object, error: CrdsJobError) -> int:

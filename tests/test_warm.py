@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import json
 import os
@@ -16,7 +17,7 @@ import structlog
 from conftest import Bucket, assert_cache_verified, cache_files, new_bucket
 from faults import FaultProxy, Rule
 
-from crds_job import remote
+from crds_job import cli, remote
 from crds_job import settings as crds_settings
 from crds_job.cache import Cache, file_id
 from crds_job.durability import EACH, Durability
@@ -378,6 +379,18 @@ def test_env_file_hands_the_environment_to_a_later_container(roman_bucket, tmp_p
     text = env_file.read_text()
     assert f"export CRDS_PATH={roman_bucket.cache}" in text
     assert "export CRDS_CONTEXT=roman_0051.pmap" in text and "unset CRDS_CONFIG_URI" in text
+
+
+def test_env_files_are_written_through_one_temp_file_that_the_next_job_takes_over(tmp_path):
+    """A job killed before its rename leaves one temp file per env file, not one more each time."""
+    env_file = tmp_path / "crds.env"
+    left = tmp_path / ".crds.env.crds-job.part"
+    left.write_text("export CRDS_PATH=/half-wri")  # a killed job's
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # jobs writing the same file at once
+        list(pool.map(lambda n: cli.write_env_file(str(env_file), f"export N={n}\n" * 1000), range(32)))
+    assert os.listdir(tmp_path) == ["crds.env"]
+    (line,) = set(env_file.read_text().splitlines())  # one writer's whole text, never two interleaved
+    assert line.startswith("export N=") and oct(env_file.stat().st_mode & 0o777) == "0o644"
 
 
 def test_env_file_keeps_a_cache_path_that_is_not_utf8(roman_bucket, tmp_path):
