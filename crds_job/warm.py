@@ -14,15 +14,14 @@ The steps, in the order a reader would check them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bestrefs, datasets, launch, mapping, plan, server_config
+from . import bestrefs, datasets, launch, mapping, plan, scratch, server_config
 from .cache import MODE_FILE, Cache, FileId, file_id, open_in_cache, sha1_of
 from .durability import Durability
 from .errors import BucketContentError, CacheError, CrdsJobError, DatasetError, IntegrityError, UsageError
@@ -242,20 +241,18 @@ class _Warm:
     ) -> list[bestrefs.Choice]:
         """The real crds's best references for each dataset, from the verified mappings, offline."""
         location = self.bucket.location
-        try:
-            folder = tempfile.mkdtemp(prefix="crds-job-bestrefs-")
-        except OSError as exc:
-            raise CacheError(f"no scratch directory for crds to choose references in: {exc}",
-                             "give the job a writable TMPDIR (a /tmp volume on a read-only root)") from None
-        try:
+        with contextlib.ExitStack() as stack:
+            try:
+                folder = stack.enter_context(scratch.folder())
+            except OSError as exc:
+                raise CacheError(f"no scratch directory for crds to choose references in: {exc}",
+                                 "give the job a writable TMPDIR (a /tmp volume on a read-only root)") from None
             self._scratch_cache(folder, the_plan, config)
             env = launch.apply(os.environ, launch.crds_environment(location, folder, the_plan.context, "flat",
                                                                    allow_fetch=False))
             choices, skipped = await bestrefs.choose(
                 selection.datasets, the_plan.context, location.observatory, env,
                 anonymous=self.bucket.credentials == "anonymous", strict=selection.strict, scratch=folder)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
         for one in skipped:
             self.log.warning("a command argument named like a dataset is not one crds can read: skipped",
                              argument=one.dataset, reason=one.reason)
@@ -277,18 +274,18 @@ class _Warm:
         Not the cache itself, whose config is written last (a cache with a config
         is a complete cache); cached mappings are linked, unwritten ones written.
         """
-        scratch = Cache(folder, self.bucket.location.observatory, "flat")
+        crds_path = Cache(folder, self.bucket.location.observatory, "flat")
         try:
             for entry in the_plan.mappings:
                 data = self.unwritten.get(entry)
                 if data is None:
-                    scratch.ensure_folder(scratch.folder(entry.area))
-                    os.symlink(self.cache.path(entry), scratch.path(entry))
+                    crds_path.ensure_folder(crds_path.folder(entry.area))
+                    os.symlink(self.cache.path(entry), crds_path.path(entry))
                 else:
-                    scratch.write_now(scratch.path(entry), data, fsync=False)
+                    crds_path.write_now(crds_path.path(entry), data, fsync=False)
             for name, text in ((server_config.NAME, server_config.for_cache(config, _synced_now())),
-                               (MODE_FILE, scratch.mode)):
-                scratch.write_now(scratch.config_path(name), text.encode("utf-8"), fsync=False)
+                               (MODE_FILE, crds_path.mode)):
+                crds_path.write_now(crds_path.config_path(name), text.encode("utf-8"), fsync=False)
         except (OSError, CrdsJobError) as exc:  # TMPDIR's trouble, not the cache's
             raise CacheError(f"cannot fill a scratch directory for crds to choose references in, {folder}: "
                              f"{getattr(exc, 'strerror', None) or exc}",
