@@ -268,7 +268,7 @@ class Durability:
         except OSError as exc:
             raise out_of_room(exc, self.folder) or CacheError(
                 f"cannot check the journals in {self.folder}: {exc.strerror}",
-                "check the cache volume; if a journal is broken, remove it and run once with --verify-existing",
+                f"check the cache volume; if a journal is broken, {_UNKNOWN_FILES}",
             ) from exc
 
     async def _recover(self, cache: Cache, log: Any) -> None:
@@ -340,14 +340,18 @@ def _journal_files(fd: int, path: str) -> list[tuple[str, int, str | None]]:
     try:
         files = [(str(f["path"]), int(f["size"]), f["sha1"]) for f in json.loads(data)["files"]]
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
-        raise CacheError(f"journal {path} is unreadable ({exc})",
-                         "remove it and run once with --verify-existing") from None
+        raise CacheError(f"journal {path} is unreadable ({exc})", _UNKNOWN_FILES) from None
     for rel, _size, _sha1 in files:
         parts = rel.split(os.sep)
         if parts[0] not in AREAS or ".." in parts or os.path.normpath(rel) != rel or "\0" in rel:
-            raise CacheError(f"journal {path} names {rel!r}, a path outside the cache's folders",
-                             "remove it and run once with --verify-existing")
+            raise CacheError(f"journal {path} names {rel!r}, a path outside the cache's folders", _UNKNOWN_FILES)
     return files
+
+
+#: What to do with a journal that cannot be trusted: which files it named, and so which a crash may
+#: have damaged, is unknown; --verify-existing re-hashes only the files of the warm it runs with.
+_UNKNOWN_FILES = ("remove it, then empty the cache, or run --verify-existing once for every context and "
+                  "observatory warmed into it")
 
 
 async def _check_file(cache: Cache, rel: str, size: int, sha1: str | None) -> bool:

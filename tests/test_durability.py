@@ -232,6 +232,8 @@ def test_a_journal_naming_a_path_outside_the_cache_is_refused(roman_bucket, tmp_
     run = run_job(["roman", "ops"], roman_bucket.env())
     assert run.returncode == ExitCode.CACHE
     assert "names '../precious', a path outside the cache's folders" in run.errors[0]["event"]
+    # Which files it named is unknown: re-hashing one warm's files would not be enough.
+    assert "--verify-existing once for every context and observatory warmed into it" in run.errors[0]["event"]
     assert victim.read_bytes() == b"keep me"
     with open(os.path.join(folder, f"{OTHER_BOOT}.1.x.json"), "w") as handle:  # nor another journal
         json.dump({"boot_id": OTHER_BOOT, "files": [{"path": f"{durability.FOLDER}/a.json", "size": 1,
