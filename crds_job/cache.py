@@ -142,7 +142,7 @@ def temp_path(final: str) -> str:
 
 
 def out_of_room(exc: OSError, path: str) -> CrdsJobError | None:
-    """The clear error for a resource exhausted while writing ``path`` (space, quota, descriptors), else None.
+    """The clear error for a resource exhausted writing ``path`` (space, quota, file size, descriptors), or None.
 
     Not the cache's fault, so not its exit code: a full disk is 71; too few
     file descriptors for ``--concurrency`` is a setting to change (64).
@@ -152,6 +152,10 @@ def out_of_room(exc: OSError, path: str) -> CrdsJobError | None:
             f"the cache filesystem ran out of space writing {path}",
             "give the cache volume more room (see --dry-run for the bytes needed) or warm fewer files",
         )
+    if exc.errno == errno.EFBIG:  # the job's RLIMIT_FSIZE (Python ignores its SIGXFSZ), or the filesystem's
+        return DiskFullError(f"{path} grew larger than the job may write a file there",
+                             "raise the job's file size limit (ulimit -f), or give the cache a filesystem "
+                             "that holds files this large")
     if exc.errno in DESCRIPTORS_EXHAUSTED:
         return TooManyOpenFiles(f"writing {path}")
     return None

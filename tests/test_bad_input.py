@@ -374,6 +374,29 @@ def test_running_out_of_space_mid_write_leaves_no_partial_file(roman_bucket):
             assert digest == meta[name]["sha1sum"], f"{path} is not the bucket's file"
 
 
+def test_a_file_larger_than_the_job_may_write_is_a_disk_full_error(roman_bucket):
+    """RLIMIT_FSIZE (``ulimit -f``): Python ignores SIGXFSZ, so the write fails with EFBIG."""
+    import resource
+
+    largest = largest_wfi_reference(roman_bucket)
+    limit = roman_bucket.sample.reference_sizes[largest] // 2
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run([sys.executable, "-m", "crds_job", "roman", "ops"], env=roman_bucket.env(),
+                          capture_output=True, text=True, timeout=300, preexec_fn=limited)
+    logs, _ = parse_logs(done.stderr)
+    run = Run(done.returncode, done.stdout, done.stderr, logs)
+    assert run.returncode == ExitCode.DISK_FULL, run.stderr
+    assert "grew larger than the job may write a file there" in only_error(run) and "ulimit -f" in only_error(run)
+    meta = roman_bucket.sample.metadata()
+    for path, size in cache_files(roman_bucket.cache).items():
+        assert not os.path.basename(path).startswith("."), f"temp file left: {path}"
+        if os.path.basename(path) in meta:
+            assert size <= limit and size == int(meta[os.path.basename(path)]["size"]), path
+
+
 @pytest.mark.parametrize("breakage", ["a file as a parent", "a name too long", "a folder for the layout file",
                                       "a folder for the config"])
 def test_a_cache_that_cannot_be_read_is_a_cache_error(roman_bucket, tmp_path, breakage):
