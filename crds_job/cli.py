@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import gc
 import json
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from . import launch, logs
 from . import settings as settings_module
-from .cache import out_of_room, temp_path
+from .cache import nearest_existing, out_of_room, temp_path
 from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
 from .settings import Settings
 from .warm import Outcome, warm
@@ -108,6 +109,23 @@ def run_stoppable(work: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(guarded())
 
 
+def _env_file_error(path: str, why: str) -> UsageError:
+    return UsageError(f"cannot write the env file {path}: {why}",
+                      "give --env-file a path the job may write, e.g. in the cache volume")
+
+
+def check_env_file(path: str) -> None:
+    """Refuse, before the warm, an env file the job could not write (``write_env_file`` writes it after)."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise _env_file_error(path, os.strerror(errno.EISDIR))
+    folder = nearest_existing(os.path.dirname(target))
+    if not os.path.isdir(folder):
+        raise _env_file_error(path, os.strerror(errno.ENOTDIR))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _env_file_error(path, os.strerror(errno.EACCES))
+
+
 def write_env_file(path: str, text: str) -> None:
     """Write the env file atomically: a reader never sees half of it.
 
@@ -135,9 +153,7 @@ def write_env_file(path: str, text: str) -> None:
         if handle is not None and os.path.exists(temp):
             os.unlink(temp)
         if isinstance(exc, OSError):
-            raise out_of_room(exc, path) or UsageError(
-                f"cannot write the env file {path}: {exc.strerror}",
-                "give --env-file a path the job may write, e.g. in the cache volume") from exc
+            raise out_of_room(exc, path) or _env_file_error(path, str(exc.strerror)) from exc
         raise
     finally:
         if handle is not None:
@@ -164,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logs.get_logger(observatory=settings.observatory, environment=settings.environment)
     log.info("starting", **settings.describe())
     try:
+        if settings.command and not settings.dry_run:  # before the warm, not after many GB of it
+            launch.check_startable(settings.command, environ)
+        if settings.env_file and not settings.dry_run:
+            check_env_file(settings.env_file)
         outcome = run_warm(settings, log)
         if settings.dry_run:
             launch.release_stop_signals()  # nothing left to protect: a signal ends the job as it would any tool

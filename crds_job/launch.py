@@ -16,6 +16,7 @@ non-interactive shell cannot undo it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 import shutil
@@ -153,6 +154,24 @@ def exec_command(command: Sequence[str], env: Mapping[str, str]) -> NoReturn:
             signal.signal(signum, signal.SIG_IGN)
         raise _cannot_start(command, env, exc) from None
     raise AssertionError("unreachable: execvpe returns only by raising")
+
+
+def check_startable(command: Sequence[str], env: Mapping[str, str]) -> None:
+    """Refuse, before the warm, a command that is not there (127) or not executable (126).
+
+    exec checks again (and finds what only it can, such as a missing #!
+    interpreter); this spares a warm of many GB, retried by the Job's
+    backoffLimit, for a typo or the wrong image.
+    """
+    program = command[0]
+    if os.sep in program:
+        found = program if os.path.lexists(program) else None
+    else:
+        found = shutil.which(program, mode=os.F_OK, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise _cannot_start(command, env, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    if os.path.isdir(found) or not os.access(found, os.X_OK):
+        raise _cannot_start(command, env, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
 
 
 def _cannot_start(command: Sequence[str], env: Mapping[str, str], exc: OSError) -> CrdsJobError:

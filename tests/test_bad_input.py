@@ -132,7 +132,9 @@ def test_an_env_file_that_cannot_be_written(roman_bucket, tmp_path):
     run = roman_bucket.run("roman", "ops", "--env-file", str(blocked / "crds-job.env"))
     assert run.returncode == ExitCode.USAGE, run.stderr
     assert f"cannot write the env file {blocked / 'crds-job.env'}" in only_error(run)
-    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)  # the warm was done, its cache sound
+    assert not run.events("context resolved") and not os.path.exists(roman_bucket.cache)  # said before the warm
+    run = roman_bucket.run("roman", "ops", "--env-file", str(tmp_path))  # a folder
+    assert run.returncode == ExitCode.USAGE and "Is a directory" in only_error(run), run.stderr
 
 
 def test_a_bucket_that_does_not_exist(roman_bucket):
@@ -289,13 +291,18 @@ def test_a_file_named_by_a_mapping_but_absent_from_the_metadata(roman_bucket):
 
 
 def test_a_command_that_cannot_start(roman_bucket, tmp_path):
+    """Not there, or not executable: said before the warm, which would fetch many GB for nothing."""
     run = roman_bucket.run("roman", "ops", "--", "no-such-calibration-command")
     assert run.returncode == ExitCode.COMMAND_NOT_FOUND
     assert "command 'no-such-calibration-command' not found" in only_error(run)
+    assert not run.events("context resolved") and not os.path.exists(roman_bucket.cache)
     script = tmp_path / "calibrate"
     script.write_text("#!/bin/sh\nexit 0\n")
-    run = roman_bucket.run("roman", "ops", "--", str(script))
-    assert run.returncode == ExitCode.COMMAND_NOT_EXECUTABLE
+    for program in (str(script), str(tmp_path)):  # not executable; a folder
+        run = roman_bucket.run("roman", "ops", "--", program)
+        assert run.returncode == ExitCode.COMMAND_NOT_EXECUTABLE, run.stderr
+        assert not run.events("context resolved") and not os.path.exists(roman_bucket.cache)
+    assert roman_bucket.run("roman", "ops", "--dry-run", "--", "no-such-calibration-command").returncode == 0
     script.write_text("#!/no/such/python\n")
     script.chmod(0o755)
     run = roman_bucket.run("roman", "ops", "--", str(script))
