@@ -278,7 +278,8 @@ class Bucket:
             skip_instance_cache=True,
             max_concurrency=1,  # we split large files ourselves, within the memory budget
             config_kwargs={
-                "retries": {"mode": "standard", "max_attempts": self.retries},
+                # total_: the first try included (the SDK's max_attempts counts retries only, one more).
+                "retries": {"mode": "standard", "total_max_attempts": self.retries},
                 "max_pool_connections": self.concurrency,
                 "connect_timeout": 10,
                 "read_timeout": 60,
@@ -317,10 +318,14 @@ class Bucket:
     async def _get(self, area: str, name: str, **params: str) -> AsyncIterator[dict[str, Any]]:
         """The answer to a GET of ``name`` in ``area``; its body is closed on the way out."""
         bucket, key, _ = self.fs.split_path(self.location.path(area, name))
+        try:
+            with self._translated(self.location.uri(area, name)):
+                response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **params)
+        except Transient as exc:  # the SDK has tried it --retries times already: another round would square that
+            raise S3AccessError(exc.what, exc.todo) from exc
         with self._translated(self.location.uri(area, name)):
-            response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **params)
             try:
-                yield response
+                yield response  # its body's failures (a reset, a stall) the SDK never retries: fetch does
             finally:
                 response["Body"].close()
 

@@ -48,8 +48,11 @@ def test_a_missing_object_is_an_s3_error(location):
     TimeoutError(),
 ])
 def test_a_failure_of_s3_or_the_network_is_a_retryable_s3_error(location, failure):
-    with pytest.raises(remote.Transient):
+    """Exit 69, which job runners retry; not Transient, which fetch would retry: a request's failure
+    comes after the SDK's own --retries tries (a body's, which it never sees, test_faults covers)."""
+    with pytest.raises(remote.S3AccessError) as raised:
         read(location, "roman_0051.pmap", failure)
+    assert raised.value.exit_code == ExitCode.S3_ACCESS and not isinstance(raised.value, remote.Transient)
 
 
 @pytest.mark.parametrize("failure", [
