@@ -21,6 +21,16 @@ import gc as _gc
 _collecting = _gc.isenabled()
 _frozen_by_caller = _gc.get_freeze_count()
 _gc.disable()
+import signal as _signal  # noqa: E402 (after the pause: they too allocate)
+import threading as _threading  # noqa: E402
+
+# A SIGINT during these imports (the first half second of every job) would print a traceback of
+# the SDK's import, in what must be JSON lines: it ends the process as SIGTERM does, silently.
+# Only Python's own handler is set aside, and only while importing; the caller's stays.
+_interrupt = _signal.getsignal(_signal.SIGINT)
+_quiet = _interrupt is _signal.default_int_handler and _threading.current_thread() is _threading.main_thread()
+if _quiet:
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
 try:
     from .cli import main
     from .environments import Location, locate
@@ -28,6 +38,8 @@ try:
     from .settings import OPTIONS, Settings, parse
     from .warm import Outcome, warm
 finally:
+    if _quiet:
+        _signal.signal(_signal.SIGINT, _interrupt)
     if not _frozen_by_caller:
         _gc.freeze()
         _gc.unfreeze()

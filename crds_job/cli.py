@@ -215,7 +215,11 @@ def console_main() -> None:
     # The modules outlive the warm: frozen, they are not walked by the full
     # collections the warm's own garbage may set off.
     gc.freeze()
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # before the warm's own handlers: one line, not a traceback
+        logs.get_logger().error("interrupted by SIGINT before the warm began", exit_code=128 + signal.SIGINT)
+        code = 128 + signal.SIGINT
     # Teardown would walk every object the AWS SDK built (a fifth of a second per
     # job, measured in bench/) only to free memory that the exit frees anyway.
     gc.freeze()

@@ -47,3 +47,36 @@ def test_objects_the_caller_froze_stay_frozen():
     # A few of them are freed by the import machinery itself; unfrozen, none would be left.
     assert found["frozen_before"] > 0
     assert found["frozen"] >= 0.9 * found["frozen_before"]
+
+
+SIGINT_PROBE = """
+import signal, sys
+handler = signal.SIG_IGN if sys.argv[1] == "ignored" else signal.default_int_handler
+signal.signal(signal.SIGINT, handler)
+import crds_job
+print(signal.getsignal(signal.SIGINT) is handler)
+"""
+
+
+@pytest.mark.parametrize("caller", ["python's", "ignored"])
+def test_importing_leaves_the_callers_sigint_handler(caller):
+    done = subprocess.run([sys.executable, "-c", SIGINT_PROBE, caller], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.4, 0.8])
+def test_sigint_at_any_moment_of_the_start_prints_no_traceback(roman_bucket, delay):
+    """Every line on stderr is JSON, whenever SIGINT comes: during the imports it ends the process as
+    SIGTERM would; after them, one error line and 130."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "crds_job", "roman", "ops"], env=roman_bucket.env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode in (-signal.SIGINT, 128 + signal.SIGINT, 0), stderr  # 0: it finished first
+    assert "Traceback" not in stderr and stdout == ""
+    for line in stderr.splitlines():
+        json.loads(line)
