@@ -186,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_env_file(settings.env_file)
         outcome = run_warm(settings, log)
         if settings.dry_run:
+            if settings.command:  # a dry run left set (CRDS_JOB_DRY_RUN in shared settings) must not pass unseen
+                log.warning("a dry run: the command was not run", command=list(settings.command))
             launch.release_stop_signals()  # nothing left to protect: a signal ends the job as it would any tool
             try:
                 sys.stdout.write(json.dumps(outcome.report(), indent=1) + "\n")

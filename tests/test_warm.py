@@ -82,6 +82,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(roman_bucket):
     dark = names["roman_wfi_dark_0004.asdf"]
     assert dark["path"] == "references/roman/roman_wfi_dark_0004.asdf" and dark["instrument"] == "wfi"
     assert not run.events("exec"), "a dry run runs nothing"
+    assert run.event("a dry run: the command was not run")["command"] == ["false"]  # and says so
 
 
 def test_dry_run_after_a_partial_warm_shows_what_is_cached(roman_bucket):
