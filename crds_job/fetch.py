@@ -34,7 +34,7 @@ from typing import Any
 
 from .cache import Cache, FileId, out_of_room, sha1_of
 from .durability import Durability
-from .errors import CacheError, IntegrityError, S3AccessError
+from .errors import BucketContentError, CacheError, IntegrityError, S3AccessError
 from .launch import hold_stop_signals
 from .plan import Entry
 from .progress import Progress
@@ -47,7 +47,15 @@ DISK_THREADS = 4
 
 
 class Mismatch(Exception):
-    """The bytes received are not the file the bucket publishes (retryable)."""
+    """The bytes received are not the file the bucket publishes (retryable).
+
+    ``received``: what came instead (its size and sha1), to tell a transfer
+    that damages bytes differently each time from an object that differs.
+    """
+
+    def __init__(self, message: str, received: tuple[int, str]) -> None:
+        super().__init__(message)
+        self.received = received
 
 
 class ByteBudget:
@@ -118,6 +126,7 @@ class Tries:
         self.entry = entry
         self.attempt = 1
         self._resume_at = 0.0  # the loop time the current attempt's backoff ends
+        self._wrong: list[object] = []  # what came wrong at each attempt: the same each time is the object
 
     async def again(self, failure: Exception, started: int, part: tuple[int, int] | None = None) -> None:
         """Wait out the backoff before the next attempt after ``failure``; raise if none is left.
@@ -129,7 +138,18 @@ class Tries:
             await asyncio.sleep(max(0.0, self._resume_at - loop.time()))
             return
         retries = self.fetcher.retries
+        if isinstance(failure, (Mismatch, BodyCorrupt)):
+            self._wrong.append(failure.received if isinstance(failure, Mismatch) else str(failure))
         if self.attempt >= retries:
+            if len(self._wrong) == retries > 1 and len(set(self._wrong)) == 1:
+                # The very same wrong answer each time: no damage on the way (HTTPS would have failed
+                # instead, and damage differs each time), but the object, its metadata or the server:
+                # final, not worth the job runner's retries.
+                raise BucketContentError(
+                    f"{failure}, the same at each of {retries} attempts: the object is not the one its "
+                    "metadata describes",
+                    "pin another context, or report it to the bucket's maintainers",
+                ) from failure
             if isinstance(failure, (Mismatch, BodyCorrupt)):
                 raise IntegrityError(
                     f"{failure}; still wrong after {retries} attempts",
@@ -263,9 +283,9 @@ class Fetcher:
     @staticmethod
     def _check(entry: Entry, size: int, sha1: str) -> None:
         if size != entry.size:
-            raise Mismatch(f"{entry.name} arrived with {size} bytes, the bucket publishes {entry.size}")
+            raise Mismatch(f"{entry.name} arrived with {size} bytes, the bucket publishes {entry.size}", (size, sha1))
         if not entry.accepts_sha1(sha1):
-            raise Mismatch(f"{entry.name} arrived with sha1 {sha1}, the bucket publishes {entry.sha1}")
+            raise Mismatch(f"{entry.name} arrived with sha1 {sha1}, the bucket publishes {entry.sha1}", (size, sha1))
 
     # ----- retries ----------------------------------------------------------------------------
 

@@ -197,9 +197,9 @@ class FaultProxy:
         handler.end_headers()
         if fault == "slow":
             time.sleep(rule.delay)  # type: ignore[union-attr]
-        if fault == "flip":
-            middle = len(data) // 2
-            data = data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:]
+        if fault == "flip":  # damage on the way: another byte each time
+            where = (len(data) // 2 + rule.hits) % max(1, len(data))  # type: ignore[union-attr]
+            data = data[:where] + bytes([data[where] ^ 0x01]) + data[where + 1:]
         if fault in ("reset", "truncate"):
             handler.wfile.write(data[: len(data) // 2])
             handler.wfile.flush()
