@@ -142,8 +142,10 @@ class _Warm:
         if pinned:
             return UsageError(f"context {context} is not in {where} (contexts there: {there})",
                               "pin one of those with --context or CRDS_CONTEXT, or leave it unset for the latest")
+        # Final (65), which job runners do not retry: so the advice is not to run it again later.
         return BucketContentError(f"the bucket's latest context {context} is not in {where} (contexts there: {there})",
-                                  "the bucket is being updated or is inconsistent; run the job again later")
+                                  "pin one of those with --context or CRDS_CONTEXT, or report the bucket to its "
+                                  "maintainers")
 
     # ----- step 2 ---------------------------------------------------------------------------
 

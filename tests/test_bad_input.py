@@ -69,6 +69,7 @@ def test_a_latest_context_the_bucket_does_not_hold_is_a_bucket_content_error(rom
     message = only_error(run)
     assert "the bucket's latest context roman_0099.pmap is not in" in message
     assert "contexts there: roman_0050.pmap, roman_0051.pmap" in message
+    assert "pin one of those" in message and "again later" not in message  # 65 is final: not retried
     roman_bucket.reseed_config()
     roman_bucket.delete("mappings/roman/roman_0051.pmap")  # published in the metadata, yet gone
     run = roman_bucket.run("roman", "ops")
