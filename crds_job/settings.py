@@ -251,8 +251,9 @@ def _version() -> str:
 
 def _resolve(option: Option, argv_value: Any, environ: Mapping[str, str]) -> tuple[Any, str]:
     """Pick one option's value by precedence, and say where it came from."""
-    if isinstance(argv_value, str) and not argv_value.strip() and option.name != "prefix":
-        # Most likely '--cache "$UNSET"': taken as given, it would warm into the current folder.
+    if isinstance(argv_value, str) and not argv_value.strip():
+        # Most likely '--cache "$UNSET"': taken as given, it would warm into the current folder (and
+        # '--prefix "$UNSET"' read the bucket's root). No prefix is '/', on argv as in the environment.
         raise UsageError(f"{option.flag} is given an empty value",
                          f"give it a value, or leave it out for {option.env} or the default")
     if argv_value is not None:

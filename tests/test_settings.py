@@ -108,8 +108,10 @@ def test_bad_input_is_a_usage_error_with_exit_64(argv, env, message):
     assert caught.value.exit_code == ExitCode.USAGE == 64
 
 
-def test_an_empty_prefix_on_argv_or_slash_in_the_environment_means_none():
-    assert parse(["roman", "ops", "--bucket", "my-mirror", "--prefix", ""]).location.prefix == ""
+def test_slash_means_no_prefix_and_an_empty_one_on_argv_is_refused():
+    assert parse(["roman", "ops", "--bucket", "my-mirror", "--prefix", "/"]).location.prefix == ""
+    with pytest.raises(UsageError, match="--prefix is given an empty value"):  # '--prefix "$UNSET"'
+        parse(["roman", "ops", "--bucket", "my-mirror", "--prefix", ""])
     assert parse(["roman", "ops"], CRDS_JOB_BUCKET="my-mirror", CRDS_JOB_PREFIX="/").location.prefix == ""
     assert parse(["roman", "ops"], CRDS_JOB_BUCKET="my-mirror", CRDS_JOB_PREFIX="").location.prefix == "/roman/crds"
 
