@@ -181,5 +181,9 @@ def _cannot_start(command: Sequence[str], env: Mapping[str, str], exc: OSError) 
             return CommandNotExecutable(f"command {command[0]!r} could not start: the interpreter its #! line "
                                         "names does not exist", "fix the script's first line, or the image")
         return CommandNotFound(f"command {command[0]!r} not found", "check the command and the image's PATH")
+    if exc.errno == errno.ENOEXEC:  # a script without its #! line, which a shell would run itself
+        return CommandNotExecutable(f"command {command[0]!r} could not start: it is neither a program nor a "
+                                    "script with a #! line", "give the script a first line such as #!/bin/sh, "
+                                    "or run it through its interpreter (sh SCRIPT)")
     return CommandNotExecutable(f"command {command[0]!r} could not start: {exc.strerror}",
                                 "check the command's permissions and the image")

@@ -306,6 +306,11 @@ def test_a_command_that_cannot_start(roman_bucket, tmp_path):
         assert run.returncode == ExitCode.COMMAND_NOT_EXECUTABLE, run.stderr
         assert not run.events("context resolved") and not os.path.exists(roman_bucket.cache)
     assert roman_bucket.run("roman", "ops", "--dry-run", "--", "no-such-calibration-command").returncode == 0
+    script.write_text("exit 0\n")  # a shell would run it; exec cannot
+    script.chmod(0o755)
+    run = roman_bucket.run("roman", "ops", "--", str(script))
+    assert run.returncode == ExitCode.COMMAND_NOT_EXECUTABLE, run.stderr
+    assert "neither a program nor a script with a #! line" in only_error(run)
     script.write_text("#!/no/such/python\n")
     script.chmod(0o755)
     run = roman_bucket.run("roman", "ops", "--", str(script))
