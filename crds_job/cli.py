@@ -179,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     log = logs.get_logger(observatory=settings.observatory, environment=settings.environment)
     log.info("starting", **settings.describe())
+    for doubt in settings.doubts():
+        log.warning(doubt)
     try:
         if settings.command and not settings.dry_run:  # before the warm, not after many GB of it
             launch.check_startable(settings.command, environ)

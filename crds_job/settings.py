@@ -49,6 +49,10 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}, got {text!r}")
 
 
+#: Below this a part size or memory budget is most likely a size meant in MiB: said in the log.
+TINY_BYTES = 4096
+
+
 def parse_size(text: str) -> int:
     """Read a byte count: ``8388608``, ``8M``, ``8MiB`` (binary multiples)."""
     match = _SIZE.match(text)
@@ -195,6 +199,16 @@ class Settings:
     @property
     def location(self) -> environments.Location:
         return environments.locate(self.observatory, self.environment, self.bucket, self.prefix)
+
+    def doubts(self) -> list[str]:
+        """Values that are valid but most likely not what was meant: said in the log, not refused.
+
+        A bare number is bytes, so ``--memory-budget 64`` (64 MiB meant) lets one
+        byte range of 64 bytes at a time through: a warm of hours, not seconds.
+        """
+        return [f"{OPTION_BY_NAME[name].flag} is {getattr(self, name)} bytes: a bare number counts bytes "
+                f"(write {getattr(self, name)}MiB for mebibytes)"
+                for name in ("part_size", "memory_budget") if getattr(self, name) < TINY_BYTES]
 
     def describe(self) -> dict[str, Any]:
         """The settings as logged at start-up, with where each value came from."""

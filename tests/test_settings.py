@@ -167,3 +167,10 @@ def test_datasets_have_their_variables_expanded_from_the_environment():
 def test_a_dataset_variable_that_cannot_be_expanded_is_refused(value, words):
     with pytest.raises(UsageError, match=re.escape(words)):
         settings.parse(["hst", "ops", "--datasets", value], {})
+
+
+def test_a_size_most_likely_meant_in_mib_is_doubted_not_refused():
+    s = parse(["roman", "ops", "--memory-budget", "64"])
+    assert s.memory_budget == 64
+    assert s.doubts() == ["--memory-budget is 64 bytes: a bare number counts bytes (write 64MiB for mebibytes)"]
+    assert parse(["roman", "ops", "--part-size", "64KiB", "--memory-budget", "512KiB"]).doubts() == []
