@@ -101,7 +101,7 @@ def arguments(command: Sequence[str], environ: Mapping[str, str],
     command's own environment (``$AWS_BATCH_JOB_ARRAY_INDEX``...); ``$1``...
     and ``$@`` from ARGS (the usual way to hand a file to ``sh -c``); a glob
     (``/data/j8bt06*_raw.fits``) to the files it ``matches``, sorted, or
-    itself if none. A script the shell would read differently (quotes left
+    itself if none; a relative path after ``cd DIR`` in DIR. A script the shell would read differently (quotes left
     open) adds nothing: a guess, never an error.
     """
     if os.path.basename(command[0]) in SHELLS and len(command) > 2 and command[1] == "-c":
@@ -112,10 +112,22 @@ def arguments(command: Sequence[str], environ: Mapping[str, str],
             words = shlex.split(_ShellTemplate(script).safe_substitute(values), comments=True)
         except ValueError:
             return []
-        return [found for word in words
+        return [found for word in _after_cd(words)
                 for found in (sorted(matches(word)) or [word] if _GLOB_MAGIC.search(word) and not is_url(word)
                               else [word])]
     return list(command[1:])
+
+
+def _after_cd(words: list[str]) -> list[str]:
+    """``words`` with a dataset-like relative path after ``cd DIR`` made relative to DIR, as the shell opens it."""
+    folder, resolved = "", []
+    for index, word in enumerate(words):
+        if index and words[index - 1] == "cd" and not word.startswith("-"):
+            folder = os.path.join(folder, word)
+        elif folder and looks_like_dataset(word) and not is_url(word) and not os.path.isabs(word):
+            word = os.path.join(folder, word)
+        resolved.append(word)
+    return resolved
 
 
 def select(

@@ -86,6 +86,9 @@ def test_a_shell_scripts_positional_parameters_and_globs_are_expanded_as_the_she
     words = datasets.arguments(["sh", "-c", "calwf3.e /data/*_raw.fits /none/*.fits s3://b/*.fits"], {},
                                lambda pattern: matches.get(pattern, []))
     assert words == ["calwf3.e", "/data/a_raw.fits", "/data/c_raw.fits", "/none/*.fits", "s3://b/*.fits"]
+    cd = datasets.select((), ["sh", "-c", "cd /data && cd sub && exec calacs.e a_raw.fits /x/b_raw.fits s3://b/c.fits"],
+                         False, {"/data/sub/a_raw.fits", "/x/b_raw.fits"}.__contains__, {})
+    assert cd.datasets == ("/data/sub/a_raw.fits", "/x/b_raw.fits", "s3://b/c.fits")  # where the shell opens them
 
 
 def test_named_datasets_are_strict_and_guesses_are_not():
