@@ -138,7 +138,9 @@ class Tries:
             await asyncio.sleep(max(0.0, self._resume_at - loop.time()))
             return
         retries = self.fetcher.retries
-        if isinstance(failure, (Mismatch, BodyCorrupt)):
+        # A whole file's wrong answer, not a part's: which part fails first in an attempt is timing,
+        # and would make the verdict below timing too.
+        if isinstance(failure, (Mismatch, BodyCorrupt)) and part is None:
             self._wrong.append(failure.received if isinstance(failure, Mismatch) else str(failure))
         if self.attempt >= retries:
             if len(self._wrong) == retries > 1 and len(set(self._wrong)) == 1:
@@ -146,8 +148,8 @@ class Tries:
                 # instead, and damage differs each time), but the object, its metadata or the server:
                 # final, not worth the job runner's retries.
                 raise BucketContentError(
-                    f"{failure}, the same at each of {retries} attempts: the object is not the one its "
-                    "metadata describes",
+                    f"{getattr(failure, 'what', failure)}, the same at each of {retries} attempts: the object is "
+                    "not the one its metadata describes",
                     "pin another context, or report it to the bucket's maintainers",
                 ) from failure
             if isinstance(failure, (Mismatch, BodyCorrupt)):

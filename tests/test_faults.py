@@ -128,9 +128,10 @@ def test_a_damaged_file_the_bucket_publishes_no_sha1_for_is_caught_by_the_sdk(ro
 @pytest.mark.parametrize("fault, parts, words, code", [
     # one GET per file: a body past the object's size, refused unread; the same answer each time: final
     ("long", "1", "arrived with", ExitCode.BUCKET_CONTENT),
-    ("long", "4", "a GET of bytes 0-", ExitCode.INTEGRITY),  # ranged parts: a body past the part's size
-    # a server that ignores ranges: 200 and the whole object
-    ("whole", "4", "answered a GET of bytes 0-", ExitCode.INTEGRITY),
+    # ranged parts: a body past the part's size; which part fails first is timing, so parts never
+    # make the verdict final
+    ("long", "4", "a GET of bytes ", ExitCode.INTEGRITY),
+    ("whole", "4", "answered a GET of bytes ", ExitCode.INTEGRITY),  # a server that ignores ranges: 200, all of it
 ])
 def test_an_answer_that_is_not_the_bytes_asked_for_is_refused_before_it_is_read(roman_bucket, proxy, fault, parts,
                                                                                 words, code):
