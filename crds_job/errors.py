@@ -48,8 +48,8 @@ MEANING = {
     ExitCode.USAGE: "bad argument or environment value: unknown observatory/environment, a context "
                     "that cannot be resolved or is not in the bucket, an unknown instrument",
     ExitCode.BUCKET_CONTENT: "the bucket's server_config or a mapping is unusable (malformed, unsafe names, "
-                             "files missing from its metadata), or an object came with the same wrong sha1 "
-                             "at every attempt",
+                             "files missing from its metadata), or a file came the same wrong way at every "
+                             "attempt",
     ExitCode.DATASET: "an input dataset (--datasets, or found in COMMAND) is missing, unreadable, or of an "
                       "instrument the context does not cover",
     ExitCode.S3_ACCESS: "S3 unreachable or refusing: no or expired credentials, access denied, "
