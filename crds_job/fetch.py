@@ -34,7 +34,7 @@ from typing import Any
 
 from .cache import Cache, FileId, out_of_room, sha1_of
 from .durability import Durability
-from .errors import BucketContentError, CacheError, IntegrityError, S3AccessError
+from .errors import BucketContentError, CacheError, IntegrityError
 from .launch import hold_stop_signals
 from .plan import Entry
 from .progress import Progress
@@ -157,8 +157,8 @@ class Tries:
                     f"{failure}; still wrong after {retries} attempts",
                     "the bucket's object or its metadata is corrupt: pin another context or report it",
                 ) from failure
-            if isinstance(failure, Transient):  # final now: no caller's retry loop may take it for another try
-                raise S3AccessError(failure.what, failure.todo) from failure
+            if isinstance(failure, Transient):
+                raise failure.final() from failure
             raise failure
         self.attempt += 1
         delay = backoff(self.attempt)

@@ -55,6 +55,10 @@ _CREDENTIAL_CODES = {
 class Transient(S3AccessError):
     """An S3 failure that may pass: worth another attempt of the same file."""
 
+    def final(self) -> S3AccessError:
+        """The same failure once no attempt is left: no caller's retry loop may take it for another try."""
+        return S3AccessError(self.what, self.todo)
+
 
 class Missing(S3AccessError):
     """The object is not in the bucket."""
@@ -318,12 +322,13 @@ class Bucket:
     async def _get(self, area: str, name: str, **params: str) -> AsyncIterator[dict[str, Any]]:
         """The answer to a GET of ``name`` in ``area``; its body is closed on the way out."""
         bucket, key, _ = self.fs.split_path(self.location.path(area, name))
+        uri = self.location.uri(area, name)
         try:
-            with self._translated(self.location.uri(area, name)):
+            with self._translated(uri):
                 response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **params)
         except Transient as exc:  # the SDK has tried it --retries times already: another round would square that
-            raise S3AccessError(exc.what, exc.todo) from exc
-        with self._translated(self.location.uri(area, name)):
+            raise exc.final() from exc
+        with self._translated(uri):
             try:
                 yield response  # its body's failures (a reset, a stall) the SDK never retries: fetch does
             finally:
