@@ -18,6 +18,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from .errors import CacheError
+
 PREFIX = "crds-job-scratch-"
 #: The file whose flock says a folder is in use.
 LOCK = ".in-use"
@@ -54,14 +56,20 @@ def sweep(parent: str | None = None) -> int:
 
 @contextlib.contextmanager
 def folder() -> Iterator[str]:
-    """A new scratch folder in TMPDIR, locked while in use and removed after; stale ones swept first."""
+    """A new scratch folder in TMPDIR, locked while in use and removed after; stale ones swept first.
+
+    TMPDIR's trouble is the job's environment's, not the cache's data: a ``CacheError`` that says so.
+    """
     sweep()
-    path = tempfile.mkdtemp(prefix=PREFIX)
+    path = None
     try:
+        path = tempfile.mkdtemp(prefix=PREFIX)
         fd = os.open(os.path.join(path, LOCK), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
+    except OSError as exc:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise CacheError(f"no scratch directory for crds to choose references in: {exc}",
+                         "give the job a writable TMPDIR (a /tmp volume on a read-only root)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield path

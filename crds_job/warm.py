@@ -14,7 +14,6 @@ The steps, in the order a reader would check them:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import hashlib
 import os
@@ -243,12 +242,7 @@ class _Warm:
     ) -> list[bestrefs.Choice]:
         """The real crds's best references for each dataset, from the verified mappings, offline."""
         location = self.bucket.location
-        with contextlib.ExitStack() as stack:
-            try:
-                folder = stack.enter_context(scratch.folder())
-            except OSError as exc:
-                raise CacheError(f"no scratch directory for crds to choose references in: {exc}",
-                                 "give the job a writable TMPDIR (a /tmp volume on a read-only root)") from None
+        with scratch.folder() as folder:
             self._scratch_cache(folder, the_plan, config)
             env = launch.apply(os.environ, launch.crds_environment(location, folder, the_plan.context, "flat",
                                                                    allow_fetch=False))

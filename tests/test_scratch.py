@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from crds_job import scratch
+from crds_job.errors import CacheError
 
 
 @pytest.fixture
@@ -50,3 +51,12 @@ def test_a_killed_jobs_folder_is_removed_by_the_next(tmpdir_env):
     with scratch.folder() as fresh:  # the next job sweeps first
         assert not os.path.exists(path) and os.path.isdir(fresh)
     assert all(other.is_dir() for other in others)  # no lock file, or not ours by name: left alone
+
+
+def test_a_tmpdir_the_job_cannot_write_is_said_as_such(tmpdir_env, monkeypatch):
+    not_a_folder = tmpdir_env / "a-file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr("tempfile.tempdir", str(not_a_folder))  # as tempfile settled on it
+    with pytest.raises(CacheError, match="no scratch directory for crds") as raised, scratch.folder():
+        pass
+    assert "writable TMPDIR" in raised.value.todo
