@@ -258,6 +258,11 @@ def _raw_files(table: str, names: list[str], anonymous: bool) -> dict[str, list[
                          for match in filesystem.glob(f"{folder}/{name}_raw*.fits")) for name in names}
 
 
+def _remote(source: str) -> bool:
+    """Whether ``source`` is read from a store (its 403 may pass), not from a file of this machine."""
+    return is_url(source) and not source.lower().startswith("file://")
+
+
 def _read_failure(exc: Exception, url: bool) -> tuple[str, str]:
     """Why a header could not be read: (reason, message), the reason deciding the exit code."""
     text = f"{type(exc).__name__}: {exc}"[:400]
@@ -297,7 +302,7 @@ def _answers(
     try:
         members, absent = _association_members(source, anonymous)
     except Exception as exc:
-        reason, message = _read_failure(exc, is_url(source) and not source.lower().startswith("file://"))
+        reason, message = _read_failure(exc, _remote(source))
         return [{"dataset": source, "error": reason, "message": f"its members cannot be read: {message}"}]
     answers = [{"dataset": source, "error": "missing", "association": source,
                 "message": f"association member {name} has no raw file beside the table"} for name in absent]
@@ -316,7 +321,7 @@ def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anon
     try:
         header = _read_header(factory, source, observatory, anonymous)
     except Exception as exc:  # any failure to read: classified, so the exit code says what to do
-        reason, message = _read_failure(exc, is_url(source) and not source.lower().startswith("file://"))
+        reason, message = _read_failure(exc, _remote(source))
         return dict(answer, error=reason, message=message)
     answer["header"] = {key: header[key] for key in ("FILETYPE",) if key in header}
     try:
