@@ -242,6 +242,15 @@ class Claim:
         self._close()
 
 
+def still_at(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd``: a lock taken on a temp file is worth
+    something only while no finished writer has renamed that file away."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except FileNotFoundError:
+        return False
+
+
 def _try_lock(final: str) -> Claim | None:
     """One non-blocking attempt at the temp-file lock of ``final``."""
     temp = temp_path(final)
@@ -261,12 +270,7 @@ def _try_lock(final: str) -> Claim | None:
     except OSError:
         os.close(fd)
         return None
-    # We hold a lock, but on which inode? A writer that finished renamed it away.
-    try:
-        same = os.lstat(temp).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        same = False
-    if not same:
+    if not still_at(fd, temp):  # we hold a lock, but on a file that a writer that finished renamed away
         os.close(fd)
         return None
     os.ftruncate(fd, 0)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from . import launch, logs
 from . import settings as settings_module
-from .cache import nearest_existing, out_of_room, temp_path
+from .cache import nearest_existing, out_of_room, still_at, temp_path
 from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
 from .settings import Settings
 from .warm import Outcome, warm
@@ -140,9 +140,8 @@ def write_env_file(path: str, text: str) -> None:
         while True:  # another job writing the same file: after it, and never into the file it renamed
             handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             fcntl.flock(handle, fcntl.LOCK_EX)
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.samestat(os.fstat(handle), os.lstat(temp)):
-                    break
+            if still_at(handle, temp):
+                break
             os.close(handle)
             handle = None
         os.ftruncate(handle, 0)
