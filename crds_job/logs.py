@@ -28,7 +28,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _CREDENTIAL = re.compile(
     r"(?i)((?:x-amz-security-token|(?:aws_)?session_?token|(?:aws_)?secret_?access_?key|(?:aws_)?access_?key_?id"
     r"|web_?identity_?token|signature|credential)"
-    r"(?:['\"]?\s*[:=]\s*b?['\"]?|>))[^\s'\",<&]+"
+    r"(?:['\"]?\s*[:=]\s*(?:b?['\"])?|>))[^\s'\",<&]+"  # b'...': a bytes repr; a b alone is the secret's
 )
 REDACTED = "[redacted]"
 #: Loggers whose debug lines are only signing arithmetic, credentials in every one.

@@ -35,6 +35,13 @@ def test_credentials_are_redacted_from_any_line(line):
     assert REDACTED in redacted
 
 
+def test_a_secret_that_begins_with_b_is_redacted_whole():
+    """``b'...'`` is a bytes repr, whose b is not the secret's; a b with no quote after it is."""
+    assert redact_text("x.fits?Signature=bDVkuDAdcQb7OyvbTSrOTbRvnMM%3D&Expires=1") == \
+        f"x.fits?Signature={REDACTED}&Expires=1"
+    assert redact_text(f"'X-Amz-Security-Token': b'{TOKEN}'") == f"'X-Amz-Security-Token': b'{REDACTED}'"
+
+
 @pytest.mark.parametrize("line", [
     "no AWS credentials to read private bucket crds-x; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
     "access denied reading s3://b/k (credentials: env); grant s3:GetObject",
