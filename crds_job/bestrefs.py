@@ -1,14 +1,17 @@
-"""Best references of input datasets, chosen by the real crds library from the warmed mappings.
+"""Best references of input datasets, chosen by the real crds library from the warmed rules.
 
 crds-job never reimplements CRDS's matching rules (header conditioning, the
 per-instrument hooks, fallbacks): the same library the calibration will use
 picks the files, so a selective warm fetches exactly what ``crds bestrefs``
 would name. It runs in a child process (``python -m crds_job.bestrefs``) for
-three reasons: crds reads its configuration from the environment at import
+four reasons: crds reads its configuration from the environment at import
 and keeps global caches, so it gets an environment of its own (offline, on a
-scratch CRDS_PATH that holds the verified mappings); its log output stays out
-of our JSON lines; and crds is an optional dependency (``crds-job[crds]``,
-present in any calibration image), imported only there.
+scratch CRDS_PATH that holds the verified mappings or pickle); its log output
+stays out of our JSON lines; crds is an optional dependency
+(``crds-job[crds]``, present in any calibration image), imported only there;
+and a context's pickle (``rules``) is code when loaded, so it is loaded there
+and never in crds-job's own process. For a pickle the child also lists the
+references the context names (``listing``): only what loaded it can say.
 
 Protocol: one JSON request on stdin; the JSON answer goes to a file the
 request names (not stdout, where a library's C code or subprocess may write).
@@ -156,26 +159,53 @@ async def _run_child(request: dict[str, Any], env: Mapping[str, str], answer_pat
                            "pass --all-references meanwhile") from None
 
 
+class Unloadable(BucketContentError):
+    """crds cannot load the context's rules at all: nothing can be chosen or listed from them."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What crds said: each dataset's choice, the guesses that are no dataset, and (for a pickle)
+    the references the context names, by instrument."""
+
+    choices: list[Choice]
+    skipped: list[Skipped]
+    listing: dict[str, list[str]] | None = None
+
+
 async def choose(
     datasets: Sequence[str], context: str, observatory: str, env: Mapping[str, str], anonymous: bool,
-    strict: bool, scratch: str,
-) -> tuple[list[Choice], list[Skipped]]:
+    strict: bool, scratch: str, pickle: str = "", listing: bool = False,
+) -> Answer:
     """Ask the real crds, in a child process with ``env``, for each dataset's best references.
 
     ``strict``: every dataset must be read (named with --datasets). Otherwise
     (found in the command) one that is missing or unreadable is skipped.
+    ``pickle``: the rules are this pickle, not mappings; ``listing``: also
+    list every reference the context names.
     """
     answer_path = os.path.join(scratch, "answer.json")
     request = {"datasets": list(datasets), "context": context, "observatory": observatory,
-               "anonymous": anonymous, "answer": answer_path, "parent": os.getpid()}
+               "anonymous": anonymous, "answer": answer_path, "parent": os.getpid(), "pickle": pickle,
+               "list": listing}
     answer = await _run_child(request, env, answer_path)
     if answer.get("fatal") == _CRDS_MISSING:
-        raise UsageError("warming only the datasets' references needs the crds library, which is not installed "
-                         f"({answer['message']})",
-                         "install crds-job[crds] (calibration images have crds), or pass --all-references")
+        needs = (f"loading context {context} from its pickle {pickle} needs the crds library" if pickle else
+                 "warming only the datasets' references needs the crds library")
+        raise UsageError(f"{needs}, which is not installed ({answer['message']})",
+                         "install crds-job[crds] (calibration images have crds)"
+                         + ("" if pickle else ", or pass --all-references"))
+    if answer.get("fatal") and pickle:
+        raise Unloadable(f"crds cannot load context {context} from its pickle {pickle}: {answer['message']}",
+                         "a pickle holds the classes of the crds version that made it: give the job the crds "
+                         "version the bucket's pickles are made with, pin another context, or mirror the "
+                         "context's mappings")
     if answer.get("fatal"):
-        raise BucketContentError(f"crds cannot load context {context}: {answer['message']}",
-                                 "pin another context, or pass --all-references")
+        raise Unloadable(f"crds cannot load context {context}: {answer['message']}",
+                         "pin another context, or pass --all-references")
+    listed = answer.get("listing")
+    if listing and not isinstance(listed, dict):
+        raise CrdsJobError(f"crds listed no reference of {context}", "report it with this line")
     choices, skipped = [], []
     for one in answer["results"]:
         if not strict and _skippable(one):
@@ -185,7 +215,7 @@ async def choose(
             skipped.append(Skipped(one["dataset"], "crds chose no reference for it: no type applies or matched"))
         else:
             choices.append(_choice(one, context))
-    return choices, skipped
+    return Answer(choices, skipped, listed if listing else None)
 
 
 # ----- the child: runs under the real crds -----------------------------------------------------
@@ -365,6 +395,44 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+class _Unpickled(Exception):
+    """The context's pickle did not give the context: the message says why."""
+
+
+def _why_unpickled(context: str, failure: Exception) -> str:
+    """Why crds could not load ``context`` from its pickle: the pickle's own failure, which crds hides
+    behind a fallback to the mappings (absent here, so that fails instead)."""
+    from crds.core import heavy_client
+
+    try:
+        heavy_client.load_pickled_mapping(context)
+    except Exception as exc:
+        failure = exc
+    return f"{type(failure).__name__}: {failure}"[:500]
+
+
+def _context(crds: Any, context: str, pickled: bool) -> Any:
+    """The loaded context: from its mappings, or from its pickle as the calibration's crds loads it
+    (``get_symbolic_mapping``, whose result crds keeps: the choices below reuse it, unloaded again)."""
+    if not pickled:
+        return crds.get_cached_mapping(context)
+    from crds.core import heavy_client, rmap
+
+    try:
+        loaded = heavy_client.get_symbolic_mapping(context)
+    except Exception as exc:
+        raise _Unpickled(_why_unpickled(context, exc)) from None
+    if not isinstance(loaded, rmap.PipelineContext) or loaded.basename != context:
+        raise _Unpickled(f"it holds {type(loaded).__name__} {getattr(loaded, 'basename', '')!r}, "
+                           f"not the context {context}")
+    return loaded
+
+
+def _listing(pmap: Any) -> dict[str, list[str]]:
+    """Every reference the context names, by instrument (GEIS data partners are the caller's)."""
+    return {str(instrument): sorted(imap.reference_names()) for instrument, imap in pmap.selections.normal_items()}
+
+
 def main() -> int:
     """The child: read the request, write the answer to the file it names; crds's chatter goes to stderr."""
     request = json.load(sys.stdin)
@@ -376,13 +444,17 @@ def main() -> int:
         answer: dict[str, Any] = {"fatal": _CRDS_MISSING, "message": str(exc)}
     else:
         try:
-            pmap = crds.get_cached_mapping(request["context"])
+            pmap = _context(crds, request["context"], bool(request.get("pickle")))
+            listing = _listing(pmap) if request.get("list") else None
         except Exception as exc:  # the context itself: nothing can be chosen from it
-            answer = {"fatal": "context", "message": f"{type(exc).__name__}: {exc}"[:500]}
+            answer = {"fatal": "context",
+                      "message": str(exc) if isinstance(exc, _Unpickled) else f"{type(exc).__name__}: {exc}"[:500]}
         else:
             answer = {"results": [one for source in request["datasets"]
                                   for one in _answers(crds, pmap, source, request["context"],
                                                       request["observatory"], request["anonymous"])]}
+            if listing is not None:
+                answer["listing"] = listing
     with open(request["answer"], "w", encoding="utf-8") as handle:
         json.dump(answer, handle)
     return 0

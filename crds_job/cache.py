@@ -13,7 +13,7 @@ the lock: its writer holds an exclusive ``flock`` on it, so several processes
 takes over a temp file whose writer died, and a stale temp file left by a
 killed job is removed by the next run. ``flock`` is honoured across NFSv4/EFS
 clients. On a volume mounted without locks across nodes (``nolock``) two
-writers share one temp file and can corrupt it: the README says to let one
+writers share one temp file and can corrupt it: docs/cache.md says to let one
 warm fill such a cache.
 """
 
@@ -37,6 +37,9 @@ from .errors import DESCRIPTORS_EXHAUSTED, CacheError, CrdsJobError, DiskFullErr
 from .plan import Entry
 
 MODE_FILE = "ref_cache_subdir_mode"
+#: The folders of a CRDS cache (each holding one folder per observatory), as the crds client lays
+#: them out; crds-job writes in these and nowhere else. S3 buckets use the same names.
+AREAS = ("config", "mappings", "pickles", "references")
 MODES = ("flat", "instrument")
 DEFAULT_MODE = "flat"  # as S3 stores references, and as crds_s3_set configures
 TEMP_SUFFIX = ".crds-job.part"
@@ -447,6 +450,17 @@ class Cache:
         claim = await self.claim(final)
         _fill(claim, data, fsync)
 
+    async def remove(self, final: str) -> None:
+        """Remove ``final``, a verified file its reader cannot use, under its lock: no writer is
+        replacing it meanwhile, and the next warm fetches it again."""
+        claim = await self.claim(final)
+        try:
+            os.unlink(final)
+        except FileNotFoundError:
+            pass
+        finally:
+            claim.release()
+
     def write_now(self, final: str, data: bytes, fsync: bool) -> bool:
         """Write small ``data`` to ``final`` atomically, unless another writer holds it.
 
@@ -467,7 +481,7 @@ class Cache:
         holding its whole reserved size, and the next warm of the shared
         volume may be of another. Links are not followed (``os.walk``'s default).
         """
-        for area in ("mappings", "references", "config"):
+        for area in AREAS:
             top = os.path.join(self.root, area)
             if os.path.islink(top):  # refused where it matters (``reading``); never walked into
                 continue

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from . import launch, logs
+from . import launch, logs, rules
 from . import settings as settings_module
 from .cache import nearest_existing, out_of_room, still_at, temp_path
 from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
@@ -197,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at the exit's flush
             return ExitCode.OK
         changes = launch.crds_environment(settings.location, outcome.cache.root, outcome.context,
-                                          outcome.cache.mode, settings.allow_fetch)
+                                          outcome.cache.mode, settings.allow_fetch,
+                                          pickled=outcome.plan.form == rules.PICKLE)
         if settings.env_file:
             write_env_file(settings.env_file, launch.shell_script(changes))
             log.info("wrote the command's CRDS environment", env_file=settings.env_file)

@@ -2,7 +2,7 @@
 
 Pure: the rule that picks datasets out of a calibration command's arguments,
 so that ``crds-job roman ops strun romancal.pipeline.ExposurePipeline
-l1_img.asdf`` warms only what ``l1_img.asdf`` needs. The rule, as the README
+l1_img.asdf`` warms only what ``l1_img.asdf`` needs. The rule, as docs/datasets.md
 states it: an argument of COMMAND (not its program, not an option) that ends
 in a dataset suffix and is either an existing file or a URL. A command run
 through a shell (``sh -c "exec strun ... /data/exposure-$INDEX.asdf"``, as

@@ -42,13 +42,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cache import DEFAULT_MODE, Cache, c_function, link_refused, nearest_existing, out_of_room, sha1_of
+from .cache import AREAS, DEFAULT_MODE, Cache, c_function, link_refused, nearest_existing, out_of_room, sha1_of
 from .errors import CacheError
 
 #: The journals' folder, at the cache's root: crds reads only its own folders.
 FOLDER = ".crds-job-journal"
-#: The only folders a journal may name files in.
-AREAS = ("mappings", "references", "config")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 MOUNTINFO = "/proc/self/mountinfo"
 #: Local filesystems whose own journal keeps a new folder's entry once fsync'ed (not ext2).

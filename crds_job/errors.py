@@ -42,14 +42,15 @@ RETRYABLE = (ExitCode.S3_ACCESS, ExitCode.INTEGRITY)
 #: Codes of a failed warm that no other attempt can fix: a job runner should stop at once.
 FINAL = (ExitCode.USAGE, ExitCode.BUCKET_CONTENT, ExitCode.DATASET, ExitCode.DISK_FULL, ExitCode.CACHE)
 
-#: What each code means to the person reading a failed job (the README's table).
+#: What each code means to the person reading a failed job (the table of docs/exit-codes.md).
 MEANING = {
     ExitCode.OK: "the cache is warm (and no command was given)",
     ExitCode.USAGE: "bad argument or environment value: unknown observatory/environment, a context "
-                    "that cannot be resolved or is not in the bucket, an unknown instrument",
-    ExitCode.BUCKET_CONTENT: "the bucket's server_config or a mapping is unusable (malformed, unsafe names, "
-                             "files missing from its metadata), or a file came the same wrong way at every "
-                             "attempt",
+                    "that cannot be resolved or is not in the bucket, an unknown instrument, a pickled context "
+                    "with --no-pickles or without crds installed",
+    ExitCode.BUCKET_CONTENT: "the bucket's server_config, a mapping or a context's pickle is unusable (malformed, "
+                             "unsafe names, files missing from its metadata, a pickle crds cannot load), or a "
+                             "file came the same wrong way at every attempt",
     ExitCode.DATASET: "an input dataset (--datasets, or found in COMMAND) is missing, unreadable, or of an "
                       "instrument the context does not cover",
     ExitCode.S3_ACCESS: "S3 unreachable or refusing: no or expired credentials, access denied, "
@@ -70,7 +71,7 @@ MEANING = {
 
 
 def markdown_table() -> str:
-    """The README's exit-code table, generated from MEANING (a test keeps them equal)."""
+    """The exit-code table of docs/exit-codes.md, generated from MEANING (a test keeps them equal)."""
     rows = ["| code | name | meaning | retry? |", "| --- | --- | --- | --- |"]
     for code in ExitCode:
         retry = "yes" if code in RETRYABLE else "no"

@@ -60,9 +60,14 @@ S3_PLUGIN = "crds_s3_get ${FILENAME} -d ${OUTPUT_PATH} -s ${FILE_SIZE} -c ${FILE
 
 
 def crds_environment(
-    location: Location, cache: str, context: str, ref_mode: str, allow_fetch: bool
+    location: Location, cache: str, context: str, ref_mode: str, allow_fetch: bool, pickled: bool = False
 ) -> dict[str, str | None]:
-    """The CRDS variables to set (str) or unset (None) for the command (for HST, also ``jref`` & co.)."""
+    """The CRDS variables to set (str) or unset (None) for the command (for HST, also ``jref`` & co.).
+
+    ``pickled``: the cache holds the context as a pickle, not as mappings. crds then loads it from
+    the cache (``CRDS_USE_PICKLED_CONTEXTS``, and no ``CRDS_PICKLE_URI``, with which it would read the
+    bucket's copy again, unchecked, on every run), even when it may fetch references itself.
+    """
     changes: dict[str, str | None] = dict.fromkeys(PATH_OVERRIDES + S3_VARIABLES)
     changes.update({
         "CRDS_PATH": cache,
@@ -70,6 +75,8 @@ def crds_environment(
         "CRDS_OBSERVATORY": location.observatory,
         "CRDS_SERVER_URL": location.server_url,
     })
+    if pickled:
+        changes["CRDS_USE_PICKLED_CONTEXTS"] = "1"
     if location.observatory == "hst":
         references = os.path.join(cache, "references", "hst", "")
         changes.update({variable: os.path.join(references, instrument, "") if ref_mode == "instrument" else references

@@ -34,7 +34,7 @@ HEADER_TYPE = {"pmap": "PIPELINE", "imap": "INSTRUMENT", "rmap": "REFERENCE"}
 MAX_SELECTOR_DEPTH = 32
 
 #: An instrument's name (wfi, wfc3, nircam...): it becomes a folder of the cache (``instrument`` layout).
-_INSTRUMENT = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+INSTRUMENT = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 
 
 class MappingError(ValueError):
@@ -166,7 +166,7 @@ def parse(name: str, text: str, observatory: str, check_header_sum: bool = True)
         raise MappingError(f"header 'mapping' is {header.get('mapping')!r}, expected {HEADER_TYPE[kind]!r}")
     if str(header.get("observatory", observatory)).lower() != observatory:
         raise MappingError(f"header 'observatory' is {header.get('observatory')!r}, expected {observatory!r}")
-    if kind != "pmap" and not _INSTRUMENT.match(str(header.get("instrument", "")).lower()):
+    if kind != "pmap" and not INSTRUMENT.match(str(header.get("instrument", "")).lower()):
         raise MappingError(f"header 'instrument' is {header.get('instrument')!r}, not an instrument's name")
     # The client reads header values folded to lower case (``LowerCaseDict``): an upper-case sha1sum passes.
     if check_header_sum and str(header.get("sha1sum", "")).lower() != header_checksum(text):

@@ -64,6 +64,11 @@ class Missing(S3AccessError):
     """The object is not in the bucket."""
 
 
+class Denied(S3AccessError):
+    """S3 refused to serve the object: no permission, which is also how S3 answers for a missing
+    object where the job may not list."""
+
+
 class Oversized(BucketContentError):
     """The object is larger than anything the job expects under its name: not read at all."""
 
@@ -166,12 +171,12 @@ def translate(exc: BaseException, uri: str, location: Location, credentials: str
     if (code in ("AccessDenied", "403", "AllAccessDisabled") or isinstance(exc, PermissionError)) and (
         credentials == "anonymous"
     ):
-        return S3AccessError(
+        return Denied(
             f"access denied reading {uri} without credentials",
             "the bucket is not public to anonymous requests: give the job AWS credentials",
         )
     if code in ("AccessDenied", "403", "AllAccessDisabled") or isinstance(exc, PermissionError):
-        return S3AccessError(
+        return Denied(
             f"access denied reading {uri} (credentials: {credentials})",
             f"grant s3:GetObject and s3:ListBucket on {location.uri('')} to the job's role (S3 also answers "
             "403, not 404, for a missing object when the role may not list where it would be)",
@@ -389,9 +394,24 @@ class Bucket:
             raise refuse(str(received))
         return Part(chunks, response.get("ETag"))
 
+    async def size(self, area: str, name: str) -> int | None:
+        """The size of ``name`` in ``area`` (one HEAD), or None when the bucket has no such object."""
+        bucket, key, _ = self.fs.split_path(self.location.path(area, name))
+        try:
+            with self._translated(self.location.uri(area, name)):
+                response = await self.fs._call_s3("head_object", Bucket=bucket, Key=key)
+        except Missing:
+            return None
+        except Transient as exc:  # the SDK has tried it --retries times already
+            raise exc.final() from exc
+        return int(response["ContentLength"])
+
     async def list_names(self, area: str, suffix: str) -> list[str]:
-        """Names in ``area`` ending with ``suffix`` (e.g. the contexts still in the bucket)."""
+        """Names in ``area`` ending with ``suffix`` (e.g. the contexts still in the bucket); none if no such folder."""
         folder = self.location.path(area)
-        with self._translated(self.location.uri(area)):
-            listing = await self.fs._ls(folder, detail=False, refresh=True)
+        try:
+            with self._translated(self.location.uri(area)):
+                listing = await self.fs._ls(folder, detail=False, refresh=True)
+        except Missing:
+            return []
         return sorted(path.rsplit("/", 1)[-1] for path in listing if path.endswith(suffix))

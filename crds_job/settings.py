@@ -5,7 +5,7 @@ environment variables in a Kubernetes manifest or an AWS Batch job definition.
 Each option therefore has a twin ``CRDS_JOB_<OPTION>``; argv wins over the
 twin, the twin over the crds client's own variable (``CRDS_CONTEXT``,
 ``CRDS_PATH``, ...) where one exists, and that over the default. The table
-``OPTIONS`` is the only list of them: the argument parser, the README's table
+``OPTIONS`` is the only list of them: the argument parser, docs/usage.md's table
 and the tests that keep Dockerfile, k8s and Terraform honest all read it.
 
 The command line is ``crds-job [OPTIONS] OBSERVATORY ENVIRONMENT [--] [COMMAND...]``.
@@ -120,7 +120,7 @@ OPTIONS: tuple[Option, ...] = (
            parse=parse_paths, default=(), metavar="PATH,..."),
     Option("all_references", "warm every reference of the context even when COMMAND names datasets",
            parse=parse_bool, default=False, flag_value=True),
-    Option("mappings_only", "warm the context's mappings, no references",
+    Option("mappings_only", "warm the context's rules (its mappings, or its pickle), no references",
            parse=parse_bool, default=False, flag_value=True),
     Option("concurrency", "S3 requests in flight at once",
            parse=_positive(int, 4096), default=32, metavar="N"),
@@ -137,6 +137,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_fetch", "let the command's crds fetch cache misses from S3 "
            "(default: the command runs offline from the cache)",
            parse=parse_bool, default=False, flag_value=True),
+    Option("pickles", "where the bucket holds a context as a pickle and no mappings (STScI's HST buckets), "
+           "let the crds library load it, in a child process and in the command; --no-pickles refuses "
+           "such a bucket (a pickle is code when loaded)", parse=parse_bool, default=True),
     Option("ref_subdir_mode", "reference layout of a new cache (an existing cache keeps its own)",
            crds_env="CRDS_REF_SUBDIR_MODE", choices=("flat", "instrument")),
     Option("bucket", "S3 bucket of a private mirror (default: STScI's for OBSERVATORY/ENVIRONMENT)",
@@ -185,6 +188,7 @@ class Settings:
     dry_run: bool
     verify_existing: bool
     allow_fetch: bool
+    pickles: bool
     ref_subdir_mode: str | None
     bucket: str | None
     prefix: str | None
@@ -235,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then exec COMMAND with an environment that makes crds use that cache offline.",
         epilog=f"Every option has an environment twin {ENV_PREFIX}<OPTION> "
         f"(e.g. {OPTION_BY_NAME['dry_run'].env}=1); OBSERVATORY and ENVIRONMENT may come "
-        f"from {OBSERVATORY_ENV} and {ENVIRONMENT_ENV}. Exit codes: see the README.",
+        f"from {OBSERVATORY_ENV} and {ENVIRONMENT_ENV}. Exit codes: see docs/exit-codes.md.",
     )
     for option in OPTIONS:
         twin = f" [env {option.env}" + (f", then {option.crds_env}" if option.crds_env else "") + "]"
@@ -424,7 +428,7 @@ def _default_text(option: Option) -> str:
 
 
 def markdown_table() -> str:
-    """The README's option table, generated from OPTIONS (a test keeps the README equal to it)."""
+    """The option table of docs/usage.md, generated from OPTIONS (a test keeps them equal)."""
     rows = ["| option | environment | default | meaning |", "| --- | --- | --- | --- |"]
     for option in OPTIONS:
         if option.flag_value:

@@ -1,12 +1,15 @@
-"""One warm: resolve the context, load its mappings, plan, fetch what is missing.
+"""One warm: resolve the context, load its rules, plan, fetch what is missing.
 
 The steps, in the order a reader would check them:
 
 1. read the bucket's ``server_config`` and resolve the context to a .pmap;
-2. load the context's mapping closure (pmap, imaps, rmaps), each mapping
-   taken from the cache when its sha1 matches, else fetched, verified and
-   written; parse each as data;
-3. plan the references, look at what the cache already holds;
+2. load the context's rules (``rules``) as the bucket holds them: its mapping
+   closure (pmap, imaps, rmaps), each mapping taken from the cache when its
+   sha1 matches, else fetched, verified and written, and parsed as data; or,
+   in a bucket without mappings, its pickle, fetched and verified the same
+   way, and loaded by crds alone, in a child process (``bestrefs``);
+3. plan the references (for input datasets, those crds chooses for them),
+   look at what the cache already holds;
 4. fetch the rest (unless ``--dry-run``), then write the cache's config files
    last, so a cache with a config is a cache whose files are all there.
 """
@@ -20,13 +23,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bestrefs, datasets, launch, mapping, plan, scratch, server_config
+from . import bestrefs, datasets, launch, mapping, plan, rules, scratch, server_config
 from .cache import MODE_FILE, Cache, FileId, file_id, open_in_cache, sha1_of
 from .durability import Durability
 from .errors import BucketContentError, CacheError, CrdsJobError, DatasetError, IntegrityError, UsageError
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
-from .remote import Bucket, Missing
+from .remote import Bucket, Denied, Missing
 from .settings import Settings
 
 BAD_FILES = "bad_files.txt"
@@ -72,13 +75,15 @@ class Outcome:
             "bucket": location.bucket,
             "prefix": location.prefix,
             "context": self.context,
+            "rules": self.plan.form,
             "cache": self.cache.root,
             "ref_subdir_mode": self.cache.mode,
             "instruments": list(self.settings.instruments) or list(self.plan.instruments),
             "totals": {
                 "files": len(files),
                 "bytes": self.plan.total_bytes,
-                "mappings": len(self.plan.mappings),
+                "mappings": len(self.plan.rules) - self.plan.pickles,
+                "pickles": self.plan.pickles,
                 "references": len(self.plan.references),
                 "cached_files": len(files) - len(self.to_fetch),
                 "cached_bytes": self.plan.total_bytes - fetch_bytes,
@@ -133,11 +138,9 @@ class _Warm:
         return server_config.parse(data, self.bucket.location.observatory)
 
     async def context_absent(self, context: str, pinned: bool) -> Exception:
-        try:
-            there = ", ".join(await self.bucket.list_names("mappings", ".pmap")) or "none"
-        except Exception:  # the listing is a courtesy; the error must still be the context's
-            there = "(the bucket could not be listed)"
-        where = self.bucket.location.uri("mappings")
+        location = self.bucket.location
+        there = await self.contexts_there()
+        where = f"{location.uri('mappings')} nor in {location.uri(rules.PICKLE_AREA)}"
         if pinned:
             return UsageError(f"context {context} is not in {where} (contexts there: {there})",
                               "pin one of those with --context or CRDS_CONTEXT, or leave it unset for the latest")
@@ -146,7 +149,78 @@ class _Warm:
                                   "pin one of those with --context or CRDS_CONTEXT, or report the bucket to its "
                                   "maintainers")
 
+    async def contexts_there(self) -> str:
+        """The contexts the bucket holds, as mappings or as pickles, for an error that lists them."""
+        try:  # a courtesy: the error must still be the context's
+            mapped = await self.bucket.list_names("mappings", ".pmap")
+            pickled = [rules.context_of_pickle(name) for name in
+                       await self.bucket.list_names(rules.PICKLE_AREA, rules.pickle_name(".pmap"))]
+        except Exception:
+            return "(the bucket could not be listed)"
+        only_pickled = sorted(set(pickled) - set(mapped))
+        if not only_pickled:
+            return ", ".join(mapped) or "none"
+        return "; ".join(filter(None, [", ".join(mapped), f"as pickles only: {', '.join(only_pickled)}"]))
+
     # ----- step 2 ---------------------------------------------------------------------------
+
+    async def load_rules(self, context: str, config: server_config.ServerConfig, pinned: bool) -> rules.Rules:
+        """The context's rules as the bucket holds them: its mappings where it has them (then nothing
+        is loaded as code), else its pickle, which crds alone will load (``ask_crds``)."""
+        no_mappings: Exception | None = None
+        if context in config.metadata:
+            try:
+                pmap_entry = plan.entry(context, "pmap", config.metadata, named_by="the context choice")
+                self.cover_missing([pmap_entry])
+                pmap = await self.load_mapping(pmap_entry)
+            except (Missing, Denied) as exc:  # 403: a missing object, where the job may not list
+                no_mappings = exc
+            else:
+                return rules.of_mappings(context, await self.load_closure(pmap, config), config.metadata)
+        name = rules.pickle_name(context)
+        size = await self.bucket.size(rules.PICKLE_AREA, name)
+        if size is None:
+            if isinstance(no_mappings, Denied):
+                raise no_mappings
+            raise await self.context_absent(context, pinned)
+        if not self.settings.pickles:
+            where = self.bucket.location.uri(rules.PICKLE_AREA, name)
+            raise UsageError(f"the bucket holds context {context} as a pickle, {where}, and no mappings, and "
+                             "--no-pickles (CRDS_JOB_PICKLES) refuses pickles",
+                             "allow them (a pickle is code: crds loads it, in a child process, and in the command, "
+                             "as it would from the bucket), or warm from a bucket that holds the mappings")
+        found = rules.of_pickle(context, size, config.metadata)
+        self.log.info("the bucket holds the context as a pickle, without mappings: crds will load it, in a "
+                      "child process", pickle=name, size=found.files[0].size,
+                      check="sha1" if found.files[0].sha1 else "size, and S3's own checksum if fetched in one GET")
+        await self.load_pickle(found.files[0])
+        return found
+
+    async def load_pickle(self, entry: plan.Entry) -> None:
+        """Have the context's pickle in the cache, verified (held in memory when the cache is not written).
+
+        A cached copy is checked by its sha1 where the bucket publishes one,
+        whatever ``--verify-existing`` says: it is code that crds will run.
+        """
+        path = self.cache.path(entry)
+        stale: FileId | None = None
+        if self.cache.present_size(path) == entry.size:
+            try:
+                digest, found = await self.fetcher.in_thread(sha1_of, path) if entry.sha1 else ("", None)
+            except FileNotFoundError:  # gone since: another writer is replacing it
+                digest, found = None, None
+            if digest is not None and entry.accepts_sha1(digest):  # no sha1 published: its size is all
+                self.progress.files_present += 1
+                self.progress.bytes_present += entry.size
+                return
+            if found is not None:
+                self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
+                stale = found
+        if self.writable:
+            self.cover_missing([entry])
+            await self.fetcher.fetch_file(entry, self.cache, stale)
+        else:
+            self.unwritten[entry] = await self.fetcher.fetch_bytes(entry)
 
     async def cached_bytes(self, entry: plan.Entry) -> tuple[bytes | None, FileId | None]:
         """The cached copy of a mapping if its sha1 matches (mappings are small: always checked).
@@ -237,22 +311,28 @@ class _Warm:
                 self.progress.bytes_present += entry.size
         return missing, corrupt
 
-    async def choose(
-        self, selection: datasets.Selection, the_plan: plan.Plan, config: server_config.ServerConfig
-    ) -> list[bestrefs.Choice]:
-        """The real crds's best references for each dataset, from the verified mappings, offline."""
+    async def ask_crds(self, the_rules: rules.Rules, config: server_config.ServerConfig, selection: datasets.Selection,
+                       listing: bool) -> bestrefs.Answer:
+        """The real crds's best references for each dataset, from the verified rules, offline; and,
+        with ``listing``, every reference the context names (what only crds can read in a pickle)."""
         location = self.bucket.location
         with scratch.folder() as folder:
-            self._scratch_cache(folder, the_plan, config)
-            env = launch.apply(os.environ, launch.crds_environment(location, folder, the_plan.context, "flat",
-                                                                   allow_fetch=False))
-            choices, skipped = await bestrefs.choose(
-                selection.datasets, the_plan.context, location.observatory, env,
-                anonymous=self.bucket.credentials == "anonymous", strict=selection.strict, scratch=folder)
-        for one in skipped:
+            self._scratch_cache(folder, the_rules.files, config)
+            env = launch.apply(os.environ, launch.crds_environment(location, folder, the_rules.context, "flat",
+                                                                   allow_fetch=False, pickled=the_rules.pickled))
+            try:
+                answer = await bestrefs.choose(
+                    selection.datasets, the_rules.context, location.observatory, env,
+                    anonymous=self.bucket.credentials == "anonymous", strict=selection.strict, scratch=folder,
+                    pickle=the_rules.files[0].name if the_rules.pickled else "", listing=listing)
+            except bestrefs.Unloadable:
+                if the_rules.pickled and self.writable:  # fetched and checked, yet of no use to crds: not kept
+                    await self.cache.remove(self.cache.path(the_rules.files[0]))
+                raise
+        for one in answer.skipped:
             self.log.warning("a command argument named like a dataset is not one crds can read: skipped",
                              argument=one.dataset, reason=one.reason)
-        for choice in choices:
+        for choice in answer.choices:
             self.log.info("best references", dataset=choice.dataset, instrument=choice.instrument,
                           references=choice.references, not_applicable=list(choice.not_applicable),
                           **({"association": choice.association} if choice.association else {}))
@@ -262,17 +342,17 @@ class _Warm:
             if choice.unmatched:
                 self.log.warning("no reference matched some types of a dataset; the calibration decides "
                                  "whether that is fatal", dataset=choice.dataset, unmatched=choice.unmatched)
-        return choices
+        return answer
 
-    def _scratch_cache(self, folder: str, the_plan: plan.Plan, config: server_config.ServerConfig) -> None:
-        """A CRDS_PATH for crds to choose from: the context's verified mappings and a config, nothing else.
+    def _scratch_cache(self, folder: str, files: tuple[plan.Entry, ...], config: server_config.ServerConfig) -> None:
+        """A CRDS_PATH for crds to choose from: the context's verified rules and a config, nothing else.
 
         Not the cache itself, whose config is written last (a cache with a config
-        is a complete cache); cached mappings are linked, unwritten ones written.
+        is a complete cache); cached files are linked, unwritten ones written.
         """
         crds_path = Cache(folder, self.bucket.location.observatory, "flat")
         try:
-            for entry in the_plan.mappings:
+            for entry in files:
                 data = self.unwritten.get(entry)
                 if data is None:
                     crds_path.ensure_folder(crds_path.folder(entry.area))
@@ -372,23 +452,22 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     context = server_config.resolve_context(settings.context, config)
     log.info("context resolved", context=context, requested=settings.context,
              bucket=job.bucket.location.uri(""), credentials=job.bucket.credentials)
-    if context not in config.metadata:
-        raise await job.context_absent(context, pinned=bool(settings.context))
-    try:
-        pmap_entry = plan.entry(context, "pmap", config.metadata, named_by="the context choice")
-        job.cover_missing([pmap_entry])
-        pmap = await job.load_mapping(pmap_entry)
-    except Missing:
-        raise await job.context_absent(context, pinned=bool(settings.context)) from None
-    mappings = await job.load_closure(pmap, config)
-    the_plan = plan.build(context, mappings, config.metadata, settings.instruments, settings.mappings_only)
+    the_rules = await job.load_rules(context, config, pinned=bool(settings.context))
     if selection.not_found:
         log.info("command arguments named like datasets but not files: taken as outputs",
                  arguments=list(selection.not_found))
-    choices: list[bestrefs.Choice] = []
+    answer = None
     if selection.selective:
         log.info("warming the references of datasets", datasets=list(selection.datasets), source=selection.source)
-        choices = await job.choose(selection, the_plan, config)
+    if selection.selective or the_rules.pickled:  # a pickle is loaded even for its own sake: never kept unloadable
+        answer = await job.ask_crds(the_rules, config, selection,
+                                    listing=the_rules.pickled and not settings.mappings_only)
+    the_plan = the_rules.plan(config.metadata, settings.instruments, settings.mappings_only,
+                              answer.listing if answer else None)
+    choices: list[bestrefs.Choice] = []
+    if selection.selective:
+        assert answer is not None
+        choices = answer.choices
         if choices:
             the_plan = plan.narrow(the_plan, (name for choice in choices for name in choice.references.values()))
         else:  # every guess in the command was something else: nothing says what to narrow to
@@ -404,7 +483,9 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
                       to_fetch=to_fetch, progress=progress, unchecked_sha1=unchecked,
                       selection=selection, choices=choices)
     progress.files_total, progress.bytes_total = len(the_plan.entries), the_plan.total_bytes
-    log.info("plan", context=context, mappings=len(the_plan.mappings), references=len(the_plan.references),
+    log.info("plan", context=context, rules=the_plan.form, mappings=len(the_plan.rules) - the_plan.pickles,
+             pickles=the_plan.pickles,
+             references=len(the_plan.references),
              bytes=the_plan.total_bytes, fetch_files=len(to_fetch), fetch_bytes=sum(e.size for e in to_fetch),
              instruments=list(settings.instruments) or "all", mappings_only=settings.mappings_only,
              durability=job.durability.mode,

@@ -137,6 +137,17 @@ def new_bucket(s3: server.LocalS3, sample: context.SampleBucket, cache: str, pre
 
 
 @pytest.fixture
+def hst_datasets(tmp_path) -> dict[str, str]:
+    """A raw exposure of each sample HST instrument, whose header every first rule row matches."""
+    from crds_job.sample import datasets as sample_datasets
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    return {instrument: sample_datasets.write_fits(str(folder / f"{instrument.lower()}_raw.fits"), header)
+            for instrument, header in context.HST_DATASET_HEADERS.items()}
+
+
+@pytest.fixture
 def roman_bucket(s3: server.LocalS3, tmp_path) -> Bucket:
     """A fresh Roman bucket (two contexts) and an empty cache directory."""
     return new_bucket(s3, context.roman(), str(tmp_path / "cache"))
@@ -168,7 +179,7 @@ def file_sha1(path: str) -> str:
 
 
 def assert_cache_verified(root: str, sample: context.SampleBucket) -> None:
-    """Every mapping/reference in the cache has exactly the bucket's bytes; no temp file is left."""
+    """Every mapping/pickle/reference in the cache has exactly the bucket's bytes; no temp file is left."""
     meta = sample.metadata()
     for relative in cache_files(root):
         name = os.path.basename(relative)
@@ -176,6 +187,9 @@ def assert_cache_verified(root: str, sample: context.SampleBucket) -> None:
         if relative.startswith(("mappings", "references")):
             digest = file_sha1(os.path.join(root, relative))
             assert digest == meta[name]["sha1sum"], f"{relative} holds unverified bytes"
+        elif relative.startswith("pickles"):
+            with open(os.path.join(root, relative), "rb") as handle:
+                assert handle.read() == sample.pickles[name], f"{relative} holds another pickle's bytes"
 
 
 #: Whether this machine lets a test bind-mount a cache read-only in a private namespace.

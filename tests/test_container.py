@@ -133,23 +133,34 @@ def test_dockerignore_lets_in_exactly_what_the_build_copies():
         assert os.path.exists(os.path.join(ROOT, path)), path
 
 
-def test_the_image_install_steps_rehearsed_outside_an_engine(tmp_path, roman_bucket):
-    """Wheels from the runtime lock, an offline install into a bare venv, the entry point warming a cache."""
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory) -> str:
+    """The image's first stage: wheels of the runtime lock and of crds-job."""
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    wheels = tmp_path / "wheels"
-    subprocess.run([*pip, "wheel", "--wheel-dir", str(wheels), "-r", os.path.join(ROOT, "requirements/runtime.lock")],
+    folder = tmp_path_factory.mktemp("wheels")
+    subprocess.run([*pip, "wheel", "--wheel-dir", str(folder), "-r", os.path.join(ROOT, "requirements/runtime.lock")],
                    check=True, cwd=ROOT)
-    subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), ROOT], check=True)
-    venv = tmp_path / "image"
+    subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(folder), ROOT], check=True)
+    assert len([w for w in os.listdir(folder) if w.startswith("crds_job-")]) == 1
+    return str(folder)
+
+
+def install(venv, wheels: str, extras: str) -> set[str]:
+    """The image's final stage: an offline install into a bare venv; the names of what it holds."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    own = [w for w in os.listdir(wheels) if w.startswith("crds_job-")]
-    assert len(own) == 1
-    extras = re.search(r"^ARG EXTRAS=(\S*)$", open(DOCKERFILE).read(), re.MULTILINE).group(1)
     subprocess.run([str(venv / "bin/python"), "-m", "pip", "--disable-pip-version-check", "-q", "install",
-                    "--no-index", "--find-links", str(wheels), f"crds-job[{extras}]"], check=True)
+                    "--no-index", "--find-links", wheels, f"crds-job[{extras}]" if extras else "crds-job"],
+                   check=True)
     installed = subprocess.run([str(venv / "bin/python"), "-m", "pip", "list", "--format=json"],
                                capture_output=True, text=True, check=True).stdout
-    names = {p["name"].lower() for p in json.loads(installed)}
+    return {p["name"].lower() for p in json.loads(installed)}
+
+
+def test_the_image_install_steps_rehearsed_outside_an_engine(tmp_path, roman_bucket, wheels):
+    """Wheels from the runtime lock, an offline install into a bare venv, the entry point warming a cache."""
+    venv = tmp_path / "image"
+    extras = re.search(r"^ARG EXTRAS=(\S*)$", open(DOCKERFILE).read(), re.MULTILINE).group(1)
+    names = install(venv, wheels, extras)
     assert {"crds-job", "s3fs", "structlog", "crds"} <= names and not names & {"moto", "pytest"}
     entrypoint = tmp_path / "opt/crds-job/entrypoint.py"
     entrypoint.parent.mkdir(parents=True)
@@ -176,3 +187,24 @@ def test_the_image_install_steps_rehearsed_outside_an_engine(tmp_path, roman_buc
 @pytest.mark.parametrize("name", sorted({n for n in re.findall(r"\bCRDS_[A-Z_]+", open(DOCKERFILE).read())}))
 def test_crds_variables_in_the_dockerfile_are_ones_the_code_reads(name):
     assert name in settings.env_names()
+
+
+def test_a_minimal_image_without_crds_refuses_a_pickled_context_clearly(tmp_path, s3, wheels):
+    """Built with EXTRAS= (no crds): a bucket of pickles needs crds to load one; it says so (64)."""
+    from conftest import new_bucket
+
+    from crds_job.errors import ExitCode
+
+    venv = tmp_path / "minimal"
+    assert "crds" not in install(venv, wheels, "")
+    sample = context.hst()
+    sample.pickles, sample.with_mappings = {"hst_0051.pmap.pkl": b"not loaded: no crds to load it"}, False
+    bucket = new_bucket(s3, sample, str(tmp_path / "cache"), prefix="")
+    done = subprocess.run([str(venv / "bin/crds-job"), "hst", "ops"], env=bucket.env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    logs, _ = parse_logs(done.stderr)
+    (error,) = [line for line in logs if line.get("level") == "error"]
+    assert "from its pickle hst_0051.pmap.pkl needs the crds library, which is not installed" in error["event"]
+    assert "install crds-job[crds]" in error["event"]
+    assert not os.path.exists(os.path.join(bucket.cache, "references"))

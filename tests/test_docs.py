@@ -1,4 +1,4 @@
-"""The README is the front door: its tables are the code's, and its two commands exist."""
+"""The README is the front door: its two commands exist, and the docs it links hold the code's tables."""
 
 from __future__ import annotations
 
@@ -9,18 +9,31 @@ from crds_job import errors, settings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def readme() -> str:
-    with open(os.path.join(ROOT, "README.md")) as handle:
+def readme(page: str = "README.md") -> str:
+    with open(os.path.join(ROOT, page)) as handle:
         return handle.read()
 
 
 def test_the_option_table_is_generated_from_settings():
-    assert settings.markdown_table() in readme()
+    assert settings.markdown_table() in readme("docs/usage.md")
 
 
 def test_the_exit_code_table_is_generated_from_errors():
-    assert errors.markdown_table() in readme()
+    assert errors.markdown_table() in readme("docs/exit-codes.md")
     assert set(errors.MEANING) == set(errors.ExitCode)
+
+
+def test_every_docs_page_is_linked_and_every_link_is_there():
+    """The README stays short: exact behaviour lives in docs/, one page a topic, each linked from it."""
+    import re
+
+    pages = sorted(name for name in os.listdir(os.path.join(ROOT, "docs")) if name.endswith(".md"))
+    linked = re.findall(r"\]\((docs/[^)#]+)", readme())
+    assert sorted({os.path.basename(link) for link in linked}) == pages
+    for page in ["README.md", *(f"docs/{name}" for name in pages)]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme(page)):
+            assert os.path.exists(os.path.join(ROOT, os.path.dirname(page), target)), (page, target)
+    assert len(readme().splitlines()) < 120, "a newcomer's README: move exact behaviour into docs/"
 
 
 def test_the_two_commands_and_ci():

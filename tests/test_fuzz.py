@@ -132,3 +132,28 @@ def test_settings_parser_gives_settings_or_a_usage_error(argv, environ):
     assert parsed.environment in environments.ENVIRONMENTS[parsed.observatory]
     assert parsed.concurrency > 0 and parsed.part_size > 0 and parsed.retries > 0
     assert parsed.log_format in ("json", "console")
+
+
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), file_names),
+                           lambda children: st.one_of(st.lists(children, max_size=4),
+                                                      st.dictionaries(st.text(max_size=8), children, max_size=3)),
+                           max_leaves=10)
+
+
+@given(st.dictionaries(st.one_of(st.sampled_from(["acs", "wfc3", "ACS", "../x", ""]), st.text(max_size=8)),
+                       st.one_of(st.lists(file_names, max_size=4), json_values), max_size=4))
+def test_crds_listing_of_a_pickle_plans_safe_names_or_is_refused(listing):
+    """What the crds child answers for a pickle is untrusted: a plan of planned names, or our own error."""
+    from crds_job import plan
+
+    known = {name: server_config.FileInfo(size=1, sha1="") for group in listing.values()
+             if isinstance(group, list) for name in group if isinstance(name, str)}
+    pickle = plan.Entry("hst_0001.pmap.pkl", "pickle", 1, "")
+    try:
+        planned = plan.from_listing("hst_0001.pmap", pickle, listing, known)
+    except (BucketContentError, UsageError):
+        event("refused")
+        return
+    assert all(mapping.INSTRUMENT.match(entry.instrument) for entry in planned.references)
+    assert {entry.name for entry in planned.references} <= set(known) | {
+        n for n in (names.geis_partner(e) for e in known) if n}

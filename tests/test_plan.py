@@ -26,7 +26,7 @@ METADATA = {name: FileInfo(size=len(name), sha1="") for name in NAMES}
 
 def test_whole_context():
     p = plan.build("hst_0001.pmap", MAPPINGS, METADATA)
-    assert [e.name for e in p.mappings] == sorted(MAPPINGS)
+    assert [e.name for e in p.rules] == sorted(MAPPINGS)
     assert [e.name for e in p.references] == ["a_bia.fits", "b_bia.fits", "x1a1234bu.r4d", "x1a1234bu.r4h"]
     assert p.instruments == ("acs", "wfpc2")
     assert p.total_bytes == sum(len(n) for n in NAMES)
@@ -43,7 +43,7 @@ def test_a_digest_is_checked_against_the_published_sha1_when_there_is_one():
 
 def test_instruments_narrow_references_not_mappings():
     p = plan.build("hst_0001.pmap", MAPPINGS, METADATA, instruments=["acs"])
-    assert len(p.mappings) == len(MAPPINGS)
+    assert len(p.rules) == len(MAPPINGS)
     assert {e.name for e in p.references} == {"a_bia.fits", "b_bia.fits"}
     assert plan.build("hst_0001.pmap", MAPPINGS, METADATA, mappings_only=True).references == ()
 
@@ -67,3 +67,33 @@ def test_a_file_absent_from_the_metadata_is_a_bucket_error_naming_its_parent():
     del metadata["b_bia.fits"]
     with pytest.raises(BucketContentError, match="b_bia.fits, named by hst_acs_biasfile_0001.rmap"):
         plan.build("hst_0001.pmap", MAPPINGS, metadata)
+
+
+PICKLE = plan.Entry("hst_0001.pmap.pkl", "pickle", 1234, "")
+LISTING = {"acs": ["a_bia.fits", "b_bia.fits"], "wfpc2": ["x1a1234bu.r4h", "a_bia.fits"]}
+
+
+def test_a_pickled_context_plans_from_crds_listing_of_it():
+    p = plan.from_listing("hst_0001.pmap", PICKLE, LISTING, METADATA)
+    assert p.rules == (PICKLE,) and p.form == "pickle" and p.pickles == 1
+    assert PICKLE.area == "pickles"
+    assert [e.name for e in p.references] == ["a_bia.fits", "b_bia.fits", "x1a1234bu.r4d", "x1a1234bu.r4h"]
+    assert {e.name: e.instrument for e in p.references}["x1a1234bu.r4d"] == "wfpc2"
+    assert p.instruments == ("acs", "wfpc2")
+    assert p.total_bytes == PICKLE.size + sum(len(n) for n in NAMES if not n.endswith("map"))
+    narrowed = plan.from_listing("hst_0001.pmap", PICKLE, LISTING, METADATA, instruments=["wfpc2"])
+    assert {e.name for e in narrowed.references} == {"x1a1234bu.r4h", "x1a1234bu.r4d", "a_bia.fits"}
+    assert plan.from_listing("hst_0001.pmap", PICKLE, None, METADATA).references == ()
+    with pytest.raises(UsageError, match="nircam not in context hst_0001.pmap.*acs, wfpc2"):
+        plan.from_listing("hst_0001.pmap", PICKLE, LISTING, METADATA, instruments=["nircam"])
+
+
+@pytest.mark.parametrize("listing, words", [
+    ({"../acs": ["a_bia.fits"]}, "not an instrument's name"),
+    ({"acs": "a_bia.fits"}, "something else than file names"),
+    ({"acs": [3]}, "something else than file names"),
+    ({"acs": ["c_bia.fits"]}, "c_bia.fits, named by hst_0001.pmap.pkl, is absent from the bucket's download_metadata"),
+])
+def test_crds_listing_of_a_pickle_is_checked_as_untrusted_data(listing, words):
+    with pytest.raises(BucketContentError, match=words.replace(".", r"\.").replace("(", r"\(")):
+        plan.from_listing("hst_0001.pmap", PICKLE, listing, METADATA)

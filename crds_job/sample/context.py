@@ -183,22 +183,33 @@ class SampleBucket:
     expected: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     #: For each context, every reference it names.
     references_of: dict[str, set[str]] = field(default_factory=dict)
+    #: Pickled contexts by name (``hst_0051.pmap.pkl``), as HST buckets hold them (``sample.pickles``).
+    pickles: dict[str, bytes] = field(default_factory=dict)
+    #: Whether the bucket holds the mapping files (STScI's HST buckets do not: pickles only).
+    with_mappings: bool = True
+    #: Whether download_metadata lists the pickles too, with their sha1 (not known of STScI's).
+    pickles_listed: bool = False
 
     def reference_bytes(self, name: str) -> bytes:
         """The deterministic content of reference ``name``."""
         return random.Random(f"{self.seed}:{name}").randbytes(self.reference_sizes[name])
 
     def objects(self) -> Iterator[tuple[str, Callable[[], bytes]]]:
-        """(key, producer of bytes) for every mapping and reference, below the prefix."""
-        for name, data in sorted(self.mappings.items()):
+        """(key, producer of bytes) for every mapping, pickle and reference, below the prefix."""
+        for name, data in sorted(self.mappings.items()) if self.with_mappings else ():
             yield f"mappings/{self.observatory}/{name}", (lambda data=data: data)
+        for name, data in sorted(self.pickles.items()):
+            yield f"pickles/{self.observatory}/{name}", (lambda data=data: data)
         for name in sorted(self.reference_sizes):
             yield f"references/{self.observatory}/{name}", (lambda name=name: self.reference_bytes(name))
 
     def metadata(self) -> dict[str, dict[str, str]]:
-        """download_metadata as the server publishes it: size (a string) and sha1 of every file."""
+        """download_metadata as the server publishes it: size (a string) and sha1 of every file.
+
+        Every mapping's, even where the bucket holds none: it is the server's list.
+        """
         meta = {}
-        for name, data in self.mappings.items():
+        for name, data in [*self.mappings.items(), *(self.pickles.items() if self.pickles_listed else ())]:
             meta[name] = {"size": str(len(data)), "sha1sum": hashlib.sha1(data).hexdigest()}
         for name in self.reference_sizes:
             data = self.reference_bytes(name)
