@@ -22,8 +22,9 @@ locals {
   bucket        = var.bucket != "" ? var.bucket : local.default_cache.bucket
   prefix        = trim(var.prefix != null ? var.prefix : local.default_cache.prefix, "/")
 
-  # The job may read the config, mappings and references of this observatory, nothing else.
-  readable = [for area in ["config", "mappings", "references"] : join("/", compact([local.prefix, area, var.observatory]))]
+  # The job may read this observatory's CRDS cache, nothing else: its config, its mappings or pickles
+  # (STScI's HST buckets hold contexts as pickles, without mappings), its references.
+  readable = [for area in ["config", "mappings", "pickles", "references"] : join("/", compact([local.prefix, area, var.observatory]))]
 
   # The cache path is the image's volume (Dockerfile: VOLUME /crds-cache, ENV CRDS_PATH).
   environment = merge(

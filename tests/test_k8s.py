@@ -18,7 +18,7 @@ import sys
 import pytest
 import yaml
 
-from crds_job import environments, errors, settings
+from crds_job import cache, environments, errors, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERLAYS = sorted(os.listdir(os.path.join(ROOT, "k8s/overlays")))
@@ -356,3 +356,20 @@ def test_environments_applied_in_one_namespace_keep_their_own_objects():
         (account,) = [o for o in render(overlay) if o["kind"] == "ServiceAccount"]
         for job in jobs(render(overlay)):
             assert job["spec"]["template"]["spec"].get("serviceAccountName") in (None, account["metadata"]["name"])
+
+
+@pytest.mark.parametrize("component", sorted(os.listdir(os.path.join(ROOT, "k8s/environments"))))
+def test_each_environments_iam_policy_reads_exactly_its_cache(component):
+    """The policy the IRSA role of each environment carries: the cache's folders, pickles included
+    (STScI's HST buckets hold contexts as pickles, without mappings), and nothing else."""
+    observatory, environment = component.split("-")
+    where = environments.locate(observatory, environment)
+    with open(os.path.join(ROOT, "k8s/environments", component, "iam-policy.json")) as handle:
+        get, listing = json.load(handle)["Statement"]
+    folders = sorted(where.key(area) for area in cache.AREAS)
+    assert where.key("pickles") in folders
+    assert (get["Effect"], get["Action"], listing["Effect"], listing["Action"]) == (
+        "Allow", "s3:GetObject", "Allow", "s3:ListBucket")
+    assert sorted(get["Resource"]) == [f"arn:aws:s3:::{where.bucket}/{folder}/*" for folder in folders]
+    assert listing["Resource"] == f"arn:aws:s3:::{where.bucket}"
+    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == [f"{folder}/*" for folder in folders]

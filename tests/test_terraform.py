@@ -17,7 +17,7 @@ import subprocess
 import hcl2
 import pytest
 
-from crds_job import environments, errors, settings
+from crds_job import cache, environments, errors, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(ROOT, "terraform")
@@ -105,7 +105,8 @@ def test_the_job_role_reads_exactly_its_cache(tmp_path, observatory, environment
     planned = plan(tmp_path, observatory=observatory, environment=environment, image="crds-job:0.1.0")
     policy = json.loads(resources(planned)["aws_iam_role_policy.read_crds_cache"]["policy"])
     where = environments.locate(observatory, environment)
-    folders = sorted(where.key(area) for area in ("config", "mappings", "references"))
+    folders = sorted(where.key(area) for area in cache.AREAS)
+    assert where.key("pickles") in folders, "HST's buckets hold pickles, not mappings"
     get, listing = policy["Statement"]
     assert get["Action"] == "s3:GetObject"
     assert sorted(get["Resource"]) == sorted(f"arn:aws:s3:::{where.bucket}/{folder}/*" for folder in folders)
@@ -130,7 +131,7 @@ def test_a_private_mirrors_role_reads_exactly_what_the_job_reads(tmp_path, prefi
     policy = json.loads(resources(planned)["aws_iam_role_policy.read_crds_cache"]["policy"])
     get, _ = policy["Statement"]
     assert sorted(get["Resource"]) == sorted(f"arn:aws:s3:::my-mirror/{where.key(area)}/*"
-                                             for area in ("config", "mappings", "references"))
+                                             for area in cache.AREAS)
 
 
 @needs_provider
