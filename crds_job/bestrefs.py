@@ -413,7 +413,7 @@ def _why_unpickled(context: str, failure: Exception) -> str:
 
 def _context(crds: Any, context: str, pickled: bool) -> Any:
     """The loaded context: from its mappings, or from its pickle as the calibration's crds loads it
-    (``get_symbolic_mapping``, whose result crds keeps: the choices below reuse it, unloaded again)."""
+    (``get_symbolic_mapping``, whose result crds keeps: the choices below reuse it, not loading it again)."""
     if not pickled:
         return crds.get_cached_mapping(context)
     from crds.core import heavy_client, rmap
@@ -424,7 +424,7 @@ def _context(crds: Any, context: str, pickled: bool) -> Any:
         raise _Unpickled(_why_unpickled(context, exc)) from None
     if not isinstance(loaded, rmap.PipelineContext) or loaded.basename != context:
         raise _Unpickled(f"it holds {type(loaded).__name__} {getattr(loaded, 'basename', '')!r}, "
-                           f"not the context {context}")
+                         f"not the context {context}")
     return loaded
 
 

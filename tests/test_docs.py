@@ -87,7 +87,7 @@ def test_serve_keeps_the_local_s3_up_until_ctrl_c_and_crds_job_runs_against_it(t
             if line.startswith("export "):
                 name, _, value = line[len("export "):].strip().partition("=")
                 exports[name] = value
-            if line.startswith("crds-job --dry-run"):
+            if line.startswith("crds-job --dry-run roman"):
                 break
         assert "AWS_ENDPOINT_URL_S3" in exports, server.stderr.read() if server.poll() is not None else exports
         dry = subprocess.run([sys.executable, "-m", "crds_job", "--dry-run", "roman", "ops"],
@@ -95,6 +95,11 @@ def test_serve_keeps_the_local_s3_up_until_ctrl_c_and_crds_job_runs_against_it(t
                              capture_output=True, text=True, timeout=120)
         assert dry.returncode == 0, dry.stderr[-2000:]
         assert json.loads(dry.stdout)["context"].startswith("roman_"), "the plan of the sample context"
+        hst = subprocess.run([sys.executable, "-m", "crds_job", "--dry-run", "hst", "ops"],
+                             env=dict(env, **exports, CRDS_PATH=str(tmp_path / "hst-cache")),
+                             capture_output=True, text=True, timeout=120)
+        assert hst.returncode == 0, hst.stderr[-2000:]
+        assert json.loads(hst.stdout)["rules"] == "pickle", "STScI's HST layout: pickles, no mappings"
         assert server.poll() is None, "still serving"
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=60) == 0

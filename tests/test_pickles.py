@@ -24,6 +24,7 @@ from test_datasets import HST_CALIBRATION, hst_association, references_in
 from crds_job import environments, launch
 from crds_job.errors import ExitCode
 from crds_job.sample import context, pickles
+from crds_job.sample import datasets as sample_datasets
 
 pytest.importorskip("crds", reason="the crds library is in the test extra: it makes and loads the pickles")
 
@@ -119,6 +120,19 @@ def test_selective_warm_gets_exactly_what_crds_bestrefs_picks_from_the_pickle(hs
         picked = {value.lower() for line in handle for header in json.loads(line).values()
                   for key, value in header.items() if key.endswith("FILE") and "NOT FOUND" not in value}
     assert picked == references_in(hst_bucket.cache)
+
+
+def test_the_rules_compiled_expressions_survive_the_pickle(hst_bucket, tmp_path):
+    """An rmap's relevance is an expression crds compiles on load; a pickle drops it and crds compiles it
+    again: a raw file that omits its dark (DARKCORR = 'OMIT') gets no dark, as from the mappings."""
+    header = dict(context.HST_DATASET_HEADERS["ACS"], DARKCORR="OMIT")
+    dataset = sample_datasets.write_fits(str(tmp_path / "nodark_raw.fits"), header)
+    run = hst_bucket.run("hst", "ops", "--datasets", dataset)
+    assert run.returncode == 0, run.stderr
+    choice = run.event("best references")
+    assert "darkfile" in choice["not_applicable"] and "darkfile" not in choice["references"]
+    expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
+    assert references_in(hst_bucket.cache) == {name for kind, name in expected.items() if kind != "darkfile"}
 
 
 def test_an_association_stands_for_its_exposures_with_a_pickled_context(hst_bucket, tmp_path):
@@ -218,6 +232,15 @@ def test_a_broken_pickle_is_named_and_not_kept(hst_bucket, damage):
     assert "Error" in message.split(name, 1)[1], "crds's own reason follows"
     assert not pickles_in(hst_bucket.cache) and not references_in(hst_bucket.cache)
     assert not [p for p in cache_files(hst_bucket.cache) if os.path.basename(p).startswith(".")]
+
+
+def test_a_pickle_of_another_context_under_this_ones_name_is_refused(hst_bucket):
+    older, latest = hst_bucket.sample.contexts
+    hst_bucket.put(f"pickles/hst/{latest}.pkl", hst_bucket.sample.pickles[f"{older}.pkl"])
+    run = hst_bucket.run("hst", "ops")
+    assert run.returncode == ExitCode.BUCKET_CONTENT, run.stderr
+    assert f"it holds PipelineContext '{older}', not the context {latest}" in only_error(run)
+    assert not pickles_in(hst_bucket.cache) and not references_in(hst_bucket.cache)
 
 
 def test_a_pickle_whose_published_sha1_fails_never_reaches_the_cache(s3, tmp_path, hst_sample):

@@ -5,8 +5,10 @@
   run ``crds-job roman ops`` with a command that names it (so only its
   references are warmed) and asks the real crds library for its best
   references, offline; then stop.
-- ``serve``: the same server and bucket, kept up until Ctrl-C, with the
-  variables to export printed, to try ``crds-job`` by hand.
+- ``serve``: the same server and bucket, and an HST ops bucket laid out as
+  STScI's (``s3://hst-crds-cache-ops``: pickled contexts, no mappings), kept
+  up until Ctrl-C, with the variables to export printed, to try ``crds-job``
+  by hand.
 - ``getreferences [DATASET]``: what the demo runs after the warm:
   crds.getreferences for the dataset's header (default: a sample WFI
   exposure header), printed as JSON.
@@ -23,12 +25,15 @@ import subprocess
 import sys
 import tempfile
 
-from . import context, datasets, server
+from . import context, datasets, pickles, server
 
 
-def seeded(kind: str) -> server.LocalS3:
+def seeded(kind: str, hst: bool = False) -> server.LocalS3:
+    """A local S3 with STScI's Roman ops bucket; with ``hst``, its HST ops bucket too (pickles, no mappings)."""
     s3 = server.LocalS3(kind).__enter__()
     server.seed(s3.client(), "stpubdata", "/roman/crds", context.roman(), public=True)
+    if hst:
+        server.seed(s3.client(), "hst-crds-cache-ops", "", pickles.pickled(context.hst()))
     return s3
 
 
@@ -64,11 +69,13 @@ def demo(arguments: argparse.Namespace) -> int:
 
 
 def serve(arguments: argparse.Namespace) -> int:
-    s3 = seeded(arguments.server)
+    s3 = seeded(arguments.server, hst=True)
     try:
-        print("# a local S3 with a sample Roman ops bucket; in another shell:")
+        print("# a local S3 with sample Roman ops and HST ops buckets (HST's: pickles, no mappings); "
+              "in another shell:")
         for name, value in s3.client_env().items():
             print(f"export {name}={value}")
+        print("crds-job --dry-run hst ops        # the HST bucket's plan: its context's pickle and references")
         print("crds-job --dry-run roman ops      # then without --dry-run; Ctrl-C here stops the server")
         sys.stdout.flush()
         try:

@@ -96,10 +96,14 @@ ROMAN_DATASET_HEADER = {
 
 
 def _hst_rule(kind: str, keys: tuple[str, ...], rows: list[tuple[str, ...]], suffix: str, switch: str,
-              extension: str = ".fits", extra_keys: tuple[str, ...] = ()) -> Rule:
-    """``extra_keys``: keywords crds's own hooks for this type read (crds/hst/<instrument>.py)."""
+              extension: str = ".fits", extra_keys: tuple[str, ...] = (), relevance: str = "ALWAYS",
+              parkey_relevance: dict[str, str] | None = None) -> Rule:
+    """``extra_keys``: keywords crds's own hooks for this type read (crds/hst/<instrument>.py);
+    ``relevance``, ``parkey_relevance``: the expressions of the type's spec (crds/hst/specs), which
+    crds compiles when it loads the rmap, and again when it loads a pickle of it."""
     header = {"reffile_format": "IMAGE", "reffile_required": "NONE", "reffile_switch": switch.upper(),
-              "rmap_relevance": "ALWAYS", "extra_keys": extra_keys, "filetype": suffix.upper()}
+              "rmap_relevance": relevance, "parkey_relevance": parkey_relevance or {}, "extra_keys": extra_keys,
+              "filetype": suffix.upper()}
     return Rule(kind, keys, tuple(rows), suffix=suffix, extension=extension, header=header)
 
 
@@ -113,15 +117,18 @@ HST = Observatory(
         "ACS": (
             _hst_rule("biasfile", ("DETECTOR", "CCDAMP", "CCDGAIN"),
                       [("WFC", "ABCD", "2.0"), ("HRC", "C", "1.0"), ("WFC", "A", "1.0")], "bia", "biascorr",
-                      extra_keys=("NUMCOLS", "NUMROWS", "LTV1", "LTV2", "XCORNER", "YCORNER", "CCDCHIP")),
+                      extra_keys=("NUMCOLS", "NUMROWS", "LTV1", "LTV2", "XCORNER", "YCORNER", "CCDCHIP"),
+                      relevance='((DETECTOR != "SBC") and (BIASCORR != "OMIT"))'),
             _hst_rule("darkfile", ("DETECTOR", "CCDAMP", "CCDGAIN"),
-                      [("WFC", "ABCD", "2.0"), ("HRC", "C", "1.0")], "drk", "darkcorr"),
+                      [("WFC", "ABCD", "2.0"), ("HRC", "C", "1.0")], "drk", "darkcorr",
+                      relevance='(DARKCORR != "OMIT")',
+                      parkey_relevance={"ccdgain": '(DETECTOR != "SBC")', "ccdamp": '(DETECTOR != "SBC")'}),
             _hst_rule("pfltfile", ("DETECTOR", "FILTER1", "FILTER2"),
                       [("WFC", "F606W", "CLEAR2L"), ("WFC", "F814W", "CLEAR2L")], "pfl", "flatcorr"),
         ),
         "WFC3": (
             _hst_rule("biasfile", ("DETECTOR", "CCDAMP"), [("UVIS", "ABCD"), ("IR", "ABCD")], "bia", "biascorr",
-                      extra_keys=("SUBARRAY", "APERTURE")),
+                      extra_keys=("SUBARRAY", "APERTURE"), relevance='((DETECTOR == "UVIS") and (BIASCORR != "OMIT"))'),
             _hst_rule("darkfile", ("DETECTOR", "CCDAMP"), [("UVIS", "ABCD"), ("IR", "ABCD")], "drk", "darkcorr"),
         ),
         "WFPC2": (
