@@ -369,6 +369,21 @@ class Cache:
         """False when the cache is on a read-only mount or not ours to write."""
         return os.access(nearest_existing(self.root), os.W_OK)
 
+    def why_unwritable(self) -> tuple[str, str]:
+        """Why the cache cannot be written, and what to do: two different fixes.
+
+        A read-only mount is to be mounted writable (or warmed elsewhere); a folder
+        this user may not write, typically a root-owned bind mount under a
+        container's non-root user, is to be given to that user.
+        """
+        where = nearest_existing(self.root)
+        if os.statvfs(where).f_flag & os.ST_RDONLY:
+            return "is on a read-only mount", "warm it with a writable mount first, or mount it writable for this job"
+        info = os.stat(where)
+        uid = os.geteuid()
+        return (f"is not writable by uid {uid} ({where} belongs to uid {info.st_uid}, {stat.filemode(info.st_mode)})",
+                f"give it to uid {uid} (chown -R {uid} on the host) or run the job as its owner (docker run --user)")
+
     def ensure_folder(self, folder: str) -> None:
         """Create ``folder`` inside the cache, refusing any link that leads outside it.
 

@@ -499,10 +499,8 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     if not job.writable:
         lacking = [entry.name for entry in to_fetch] + job.config_missing()
         if lacking:
-            raise CacheError(
-                f"cache {cache.root} is read-only and lacks {len(lacking)} file(s), e.g. {lacking[0]}",
-                "warm it with a writable mount first, or mount it writable for this job",
-            )
+            why, todo = cache.why_unwritable()
+            raise CacheError(f"cache {cache.root} {why} and lacks {len(lacking)} file(s), e.g. {lacking[0]}", todo)
         log.info("read-only cache holds every planned file", files=len(the_plan.entries))
         return outcome
     cache.check_space(sum(entry.size for entry in to_fetch))

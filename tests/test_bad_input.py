@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -452,3 +453,25 @@ def test_a_bug_is_exit_70_with_its_traceback_and_leaves_nothing_unverified(roman
     assert error["event"] == "internal error" and error["error"] == "TypeError"
     assert "Traceback" in error["exception"] and "a bug beneath the warm" in error["exception"]
     assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+
+
+#: A uid that owns nothing of the test's: the cache's owner, as a host folder's owner seen in a container.
+OTHER_UID = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and util-linux's setpriv, to run the job without the power to write anywhere")
+def test_a_cache_the_jobs_user_may_not_write_is_not_called_read_only(roman_bucket, tmp_path):
+    """A bind mount owned by another user, as under a container's non-root user: not a read-only mount,
+    and not fixed as one. The job runs as root stripped of its capabilities, so permissions bind it."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    os.chown(cache, OTHER_UID, OTHER_UID)
+    powerless = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    done = subprocess.run([*powerless, sys.executable, "-m", "crds_job", "roman", "ops"],
+                          env=roman_bucket.env(CRDS_PATH=str(cache)), capture_output=True, text=True, timeout=120)
+    errors = [line["event"] for line in parse_logs(done.stderr)[0] if line.get("level") == "error"]
+    assert done.returncode == ExitCode.CACHE, done.stderr
+    assert len(errors) == 1 and "is not writable by uid 0" in errors[0], errors
+    assert "read-only" not in errors[0] and f"belongs to uid {OTHER_UID}" in errors[0] and "chown -R 0" in errors[0]
+    assert os.listdir(cache) == []

@@ -698,4 +698,4 @@ def test_a_selective_warm_on_a_read_only_cache_holding_the_needed_files(hst_buck
     assert run.returncode == 0, run.stderr
     assert run.events("read-only cache holds every planned file") and snapshot(hst_bucket.cache) == before
     run = run_read_only(hst_bucket, "hst", "ops", "--", "true", hst_datasets["ACS"])  # other references
-    assert run.returncode == ExitCode.CACHE and "is read-only and lacks" in run.errors[0]["event"]
+    assert run.returncode == ExitCode.CACHE and "is on a read-only mount and lacks" in run.errors[0]["event"]

@@ -436,7 +436,7 @@ def test_a_read_only_cache_is_used_as_is_or_refused_when_incomplete(roman_bucket
     run = run_read_only(roman_bucket, "roman", "ops")
     assert run.returncode == ExitCode.CACHE
     (error,) = run.errors
-    assert "is read-only and lacks 1 file(s), e.g. roman_wfi_gain_0002.asdf" in error["event"]
+    assert "is on a read-only mount and lacks 1 file(s), e.g. roman_wfi_gain_0002.asdf" in error["event"]
 
 
 def test_a_link_planted_in_the_cache_is_refused_and_never_followed(roman_bucket, tmp_path):
