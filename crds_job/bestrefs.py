@@ -47,6 +47,11 @@ _CRDS_MISSING = "crds-missing"
 _ASSOCIATION = "ASN_TABLE"
 #: Seconds crds may take to choose, headers read included, before the warm gives up on it.
 TIMEOUT = 900.0
+#: Beside the answer, a file the child makes once the context is loaded: a death before it is the rules'.
+_LOADED = ".loaded"
+#: What to do about a pickle crds cannot load: it holds the classes (and may hold any code) of the crds that made it.
+_PICKLE_TODO = ("a pickle holds the classes of the crds version that made it: give the job the crds version the "
+                "bucket's pickles are made with, pin another context, or mirror the context's mappings")
 
 
 @dataclass(frozen=True)
@@ -124,39 +129,53 @@ def _choice(answer: Mapping[str, Any], context: str) -> Choice:
 
 
 async def _run_child(request: dict[str, Any], env: Mapping[str, str], answer_path: str) -> dict[str, Any]:
+    """The child's answer; its failure to give one, said for what it was asked (datasets, a pickle)."""
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", __name__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, env=dict(env),
+        # runpy warns that the package's own import loaded this module first: noise in the child's last line.
+        sys.executable, "-W", "ignore::RuntimeWarning:runpy", "-m", __name__, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=dict(env),
     )
+    datasets, pickle = request["datasets"], request["pickle"]
+    doing = "choosing references" if datasets else f"loading the pickle {pickle}"
+    instead = ", or pass --all-references" if datasets else ""
     try:
         _, err = await asyncio.wait_for(child.communicate(json.dumps(request).encode()), TIMEOUT)
     except BaseException as exc:  # cancelled (a signal) or too slow: the child goes too
         if child.returncode is None:
             child.kill()
             await child.wait()
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) and datasets:
             raise DatasetError(f"crds did not choose references within {TIMEOUT:.0f} s",
                                "check that the datasets can be read quickly, or pass --all-references") from None
+        if isinstance(exc, TimeoutError):  # loading a pickle is seconds: this one runs code that does not end
+            raise Unloadable(f"crds did not load the pickle {pickle} within {TIMEOUT:.0f} s", _PICKLE_TODO) from None
         raise
     try:
         with open(answer_path, encoding="utf-8") as handle:
             return json.load(handle)
     except (OSError, json.JSONDecodeError):
-        # No answer: the child died outside what it reports (the context, each dataset). Not the
-        # bucket's fault (65, final): the environment's (out of memory, an unreadable HOME...).
-        returncode = child.returncode or 0
-        if returncode < 0:
-            try:
-                killer = signal.Signals(-returncode).name
-            except ValueError:  # a real-time signal has no name
-                killer = f"signal {-returncode}"
-            raise CrdsJobError(f"crds was killed by {killer} while choosing references",
-                               "give the job more memory (an out-of-memory kill is the usual cause), "
-                               "or pass --all-references") from None
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise CrdsJobError(f"crds failed choosing references (exit {returncode}): {tail[0][:300]}",
-                           "check the job's environment (HOME, TMPDIR) or report it with this line; "
-                           "pass --all-references meanwhile") from None
+        pass
+    # No answer: the child died outside what it reports (the context, each dataset).
+    returncode = child.returncode or 0
+    tail = [line for line in err.decode(errors="replace").strip().splitlines() if line.strip()][-1:] or ["no output"]
+    if returncode == -signal.SIGKILL:  # the usual out-of-memory kill: the environment's, not the bucket's (65)
+        raise CrdsJobError(f"crds was killed by SIGKILL while {doing}",
+                           f"give the job more memory (an out-of-memory kill is the usual cause){instead}")
+    if pickle and not os.path.exists(answer_path + _LOADED):  # it died loading the pickle: the pickle's doing
+        how = f"by {_signal_name(-returncode)}" if returncode < 0 else f"with exit {returncode}"
+        raise Unloadable(f"crds died {how} loading the pickle {pickle}: {tail[0][:300]}", _PICKLE_TODO)
+    if returncode < 0:
+        raise CrdsJobError(f"crds was killed by {_signal_name(-returncode)} while {doing}",
+                           f"give the job more memory (an out-of-memory kill is the usual cause){instead}")
+    raise CrdsJobError(f"crds failed {doing} (exit {returncode}): {tail[0][:300]}",
+                       f"check the job's environment (HOME, TMPDIR) or report it with this line{instead}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
 
 
 class Unloadable(BucketContentError):
@@ -197,9 +216,7 @@ async def choose(
                          + ("" if pickle else ", or pass --all-references"))
     if answer.get("fatal") and pickle:
         raise Unloadable(f"crds cannot load context {context} from its pickle {pickle}: {answer['message']}",
-                         "a pickle holds the classes of the crds version that made it: give the job the crds "
-                         "version the bucket's pickles are made with, pin another context, or mirror the "
-                         "context's mappings")
+                         _PICKLE_TODO)
     if answer.get("fatal"):
         raise Unloadable(f"crds cannot load context {context}: {answer['message']}",
                          "pin another context, or pass --all-references")
@@ -401,7 +418,8 @@ class _Unpickled(Exception):
 
 def _why_unpickled(context: str, failure: Exception) -> str:
     """Why crds could not load ``context`` from its pickle: the pickle's own failure, which crds hides
-    behind a fallback to the mappings (absent here, so that fails instead)."""
+    behind a fallback to the mappings (absent here, so that fails instead). It loads the pickle once
+    more, running its code again: here, in the child, on the failure path only."""
     from crds.core import heavy_client
 
     try:
@@ -446,6 +464,7 @@ def main() -> int:
         try:
             pmap = _context(crds, request["context"], bool(request.get("pickle")))
             listing = _listing(pmap) if request.get("list") else None
+            open(request["answer"] + _LOADED, "w").close()
         except Exception as exc:  # the context itself: nothing can be chosen from it
             answer = {"fatal": "context",
                       "message": str(exc) if isinstance(exc, _Unpickled) else f"{type(exc).__name__}: {exc}"[:500]}

@@ -465,14 +465,15 @@ class Cache:
         claim = await self.claim(final)
         _fill(claim, data, fsync)
 
-    async def remove(self, final: str) -> None:
-        """Remove ``final``, a verified file its reader cannot use, under its lock: no writer is
-        replacing it meanwhile, and the next warm fetches it again."""
+    async def remove(self, final: str, found: FileId) -> None:
+        """Remove ``final``, a verified file its reader cannot use, if it is still the copy ``found``:
+        under its lock, so that no writer is replacing it meanwhile, and never another writer's
+        replacement. The next warm fetches it again."""
         claim = await self.claim(final)
         try:
-            os.unlink(final)
-        except FileNotFoundError:
-            pass
+            info = self.present(final)
+            if info is not None and file_id(info) == found:
+                os.unlink(final)
         finally:
             claim.release()
 

@@ -56,7 +56,8 @@ MEANING = {
     ExitCode.S3_ACCESS: "S3 unreachable or refusing: no or expired credentials, access denied, "
                         "no such bucket, an object missing, throttling that outlasted the retries",
     ExitCode.INTERNAL: "a bug in crds-job (the log line carries the traceback), or crds dying while it chooses "
-                       "a selective warm's references (killed, e.g. out of memory, or crashed)",
+                       "a selective warm's references (killed, e.g. out of memory, or crashed), or killed by "
+                       "SIGKILL (out of memory) while it loads a context's pickle",
     ExitCode.DISK_FULL: "the cache's filesystem is too small for the plan, or filled up during the warm",
     ExitCode.CACHE: "the cache cannot be written, is read-only yet incomplete, has another layout, "
                     "or holds a symbolic link",

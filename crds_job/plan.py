@@ -41,14 +41,14 @@ class Entry:
     @property
     def area(self) -> str:
         """The folder of the bucket and of the cache it lives in."""
-        return AREAS.get(self.kind, "mappings")
+        return AREA_OF_KIND.get(self.kind, "mappings")
 
 
 #: The forms a context's rules come in (see ``rules``); a pickle's entry is of kind PICKLE.
 MAPPINGS, PICKLE = "mappings", "pickle"
 
 #: The folder of each kind that is not a mapping's.
-AREAS = {"config": "config", PICKLE: "pickles", "reference": "references"}
+AREA_OF_KIND = {"config": "config", PICKLE: "pickles", "reference": "references"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,10 @@ class Plan:
     @property
     def pickles(self) -> int:
         return sum(entry.kind == PICKLE for entry in self.rules)
+
+    @property
+    def mapping_files(self) -> int:
+        return len(self.rules) - self.pickles
 
     @property
     def form(self) -> str:
@@ -154,18 +158,18 @@ def build(
 def from_listing(
     context: str,
     pickle: Entry,
-    listing: MappingType[str, Iterable[str]] | None,
+    listing: MappingType[str, Iterable[str]],
     metadata: MappingType[str, FileInfo],
     instruments: Iterable[str] = (),
+    mappings_only: bool = False,
 ) -> Plan:
     """Plan a warm of ``context`` from its ``pickle`` and crds's ``listing`` of it (instrument -> references).
 
     The listing comes from crds having loaded the pickle, in a child process:
     data we did not write, so each instrument must be a plain instrument name
     (it becomes a folder in the ``instrument`` layout) and each reference
-    must be in the metadata. No listing: the rules only (``--mappings-only``).
+    must be in the metadata. ``mappings_only``: the pickle alone.
     """
-    listing = listing or {}
     for instrument, group in listing.items():
         if not isinstance(instrument, str) or not INSTRUMENT.match(instrument):
             raise BucketContentError(f"{pickle.name} names an instrument {str(instrument)[:40]!r}, not an "
@@ -176,10 +180,9 @@ def from_listing(
                                      "file names", "report it with this line")
     known = sorted(listing)
     selected = tuple(instruments)
-    if listing:
-        _check_instruments(context, known, selected)
-    references = _reference_entries(((pickle.name, instrument, group) for instrument, group in sorted(listing.items())),
-                                    metadata, selected)
+    _check_instruments(context, known, selected)
+    references = () if mappings_only else _reference_entries(
+        ((pickle.name, instrument, group) for instrument, group in sorted(listing.items())), metadata, selected)
     return Plan(context=context, instruments=tuple(known), rules=(pickle,), references=references)
 
 

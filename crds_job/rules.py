@@ -31,7 +31,7 @@ from .plan import MAPPINGS, PICKLE
 from .server_config import FileInfo
 
 #: The bucket's and the cache's folder of pickles (``pickles/<obs>/``), as crds names it.
-PICKLE_AREA = plan.AREAS[PICKLE]
+PICKLE_AREA = plan.AREA_OF_KIND[PICKLE]
 
 
 def pickle_name(context: str) -> str:
@@ -65,11 +65,12 @@ class Rules:
         mappings_only: bool = False,
         listing: MappingType[str, Iterable[str]] | None = None,
     ) -> plan.Plan:
-        """The warm's plan; for a pickle, from crds's ``listing`` of it (none: its rules alone)."""
+        """The warm's plan; for a pickle, from crds's ``listing`` of it, which it needs."""
         if self.form == MAPPINGS:
             return plan.build(self.context, self.mappings, metadata, instruments, mappings_only)
-        return plan.from_listing(self.context, self.files[0], None if mappings_only else listing, metadata,
-                                 instruments)
+        if listing is None:
+            raise ValueError("a pickle's plan needs crds's listing of it")
+        return plan.from_listing(self.context, self.files[0], listing, metadata, instruments, mappings_only)
 
 
 def of_mappings(context: str, mappings: MappingType[str, Mapping], metadata: MappingType[str, FileInfo]) -> Rules:

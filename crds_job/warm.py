@@ -82,7 +82,7 @@ class Outcome:
             "totals": {
                 "files": len(files),
                 "bytes": self.plan.total_bytes,
-                "mappings": len(self.plan.rules) - self.plan.pickles,
+                "mappings": self.plan.mapping_files,
                 "pickles": self.plan.pickles,
                 "references": len(self.plan.references),
                 "cached_files": len(files) - len(self.to_fetch),
@@ -137,10 +137,14 @@ class _Warm:
                                     "cache; if they do, it is being updated: run the job again later") from None
         return server_config.parse(data, self.bucket.location.observatory)
 
-    async def context_absent(self, context: str, pinned: bool) -> Exception:
+    async def context_absent(self, context: str, pinned: bool, refused: bool = False) -> Exception:
+        """The error for a context the bucket does not hold; ``refused``: S3 refused a look (403), as it
+        does for a missing object where the job may not list, so that absence is a guess."""
         location = self.bucket.location
         there = await self.contexts_there()
         where = f"{location.uri('mappings')} nor in {location.uri(rules.PICKLE_AREA)}"
+        if refused:
+            where += " (S3 refused the job a look at its pickle: allow s3:ListBucket there to be sure)"
         if pinned:
             return UsageError(f"context {context} is not in {where} (contexts there: {there})",
                               "pin one of those with --context or CRDS_CONTEXT, or leave it unset for the latest")
@@ -167,21 +171,30 @@ class _Warm:
     async def load_rules(self, context: str, config: server_config.ServerConfig, pinned: bool) -> rules.Rules:
         """The context's rules as the bucket holds them: its mappings where it has them (then nothing
         is loaded as code), else its pickle, which crds alone will load (``ask_crds``)."""
-        no_mappings: Exception | None = None
+        refused: Denied | None = None  # S3's 403 for the pmap: a missing object, where the job may not list
         if context in config.metadata:
+            # A GET, not a HEAD first: the pmap is needed anyway where it is there, and some servers
+            # refuse an anonymous HEAD that they would answer as a GET.
             try:
                 pmap_entry = plan.entry(context, "pmap", config.metadata, named_by="the context choice")
                 self.cover_missing([pmap_entry])
                 pmap = await self.load_mapping(pmap_entry)
-            except (Missing, Denied) as exc:  # 403: a missing object, where the job may not list
-                no_mappings = exc
+            except Missing:
+                pass
+            except Denied as exc:
+                refused = exc
             else:
                 return rules.of_mappings(context, await self.load_closure(pmap, config), config.metadata)
         name = rules.pickle_name(context)
-        size = await self.bucket.size(rules.PICKLE_AREA, name)
+        try:
+            size = await self.bucket.size(rules.PICKLE_AREA, name)
+        except Denied:
+            if refused is None and context not in config.metadata:  # listed nowhere: most likely no such context
+                raise await self.context_absent(context, pinned, refused=True) from None
+            raise
         if size is None:
-            if isinstance(no_mappings, Denied):
-                raise no_mappings
+            if refused is not None:
+                raise refused
             raise await self.context_absent(context, pinned)
         if not self.settings.pickles:
             where = self.bucket.location.uri(rules.PICKLE_AREA, name)
@@ -316,6 +329,11 @@ class _Warm:
         """The real crds's best references for each dataset, from the verified rules, offline; and,
         with ``listing``, every reference the context names (what only crds can read in a pickle)."""
         location = self.bucket.location
+        pickle = the_rules.files[0] if the_rules.pickled else None
+        handed = None  # the cached copy of the pickle crds is given: the one to remove if it cannot load it
+        if pickle is not None and pickle not in self.unwritten:
+            found = self.cache.present(self.cache.path(pickle))
+            handed = file_id(found) if found is not None else None
         with scratch.folder() as folder:
             self._scratch_cache(folder, the_rules.files, config)
             env = launch.apply(os.environ, launch.crds_environment(location, folder, the_rules.context, "flat",
@@ -324,10 +342,10 @@ class _Warm:
                 answer = await bestrefs.choose(
                     selection.datasets, the_rules.context, location.observatory, env,
                     anonymous=self.bucket.credentials == "anonymous", strict=selection.strict, scratch=folder,
-                    pickle=the_rules.files[0].name if the_rules.pickled else "", listing=listing)
+                    pickle=pickle.name if pickle else "", listing=listing)
             except bestrefs.Unloadable:
-                if the_rules.pickled and self.writable:  # fetched and checked, yet of no use to crds: not kept
-                    await self.cache.remove(self.cache.path(the_rules.files[0]))
+                if pickle is not None and handed is not None and self.writable:  # checked, yet of no use: not kept
+                    await self.cache.remove(self.cache.path(pickle), handed)
                 raise
         for one in answer.skipped:
             self.log.warning("a command argument named like a dataset is not one crds can read: skipped",
@@ -460,8 +478,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     if selection.selective:
         log.info("warming the references of datasets", datasets=list(selection.datasets), source=selection.source)
     if selection.selective or the_rules.pickled:  # a pickle is loaded even for its own sake: never kept unloadable
-        answer = await job.ask_crds(the_rules, config, selection,
-                                    listing=the_rules.pickled and not settings.mappings_only)
+        answer = await job.ask_crds(the_rules, config, selection, listing=the_rules.pickled)
     the_plan = the_rules.plan(config.metadata, settings.instruments, settings.mappings_only,
                               answer.listing if answer else None)
     choices: list[bestrefs.Choice] = []
@@ -483,7 +500,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
                       to_fetch=to_fetch, progress=progress, unchecked_sha1=unchecked,
                       selection=selection, choices=choices)
     progress.files_total, progress.bytes_total = len(the_plan.entries), the_plan.total_bytes
-    log.info("plan", context=context, rules=the_plan.form, mappings=len(the_plan.rules) - the_plan.pickles,
+    log.info("plan", context=context, rules=the_plan.form, mappings=the_plan.mapping_files,
              pickles=the_plan.pickles,
              references=len(the_plan.references),
              bytes=the_plan.total_bytes, fetch_files=len(to_fetch), fetch_bytes=sum(e.size for e in to_fetch),

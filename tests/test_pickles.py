@@ -18,6 +18,7 @@ import sys
 
 import pytest
 from conftest import assert_cache_verified, cache_files, new_bucket, parse_logs
+from faults import FaultProxy, Rule
 from test_crds_acceptance import NO_NETWORK
 from test_datasets import HST_CALIBRATION, hst_association, references_in
 
@@ -75,12 +76,21 @@ def test_a_pickle_only_bucket_is_warmed_whole_with_no_flag(hst_bucket):
 def test_instruments_narrow_a_pickled_contexts_references(hst_bucket):
     run = hst_bucket.run("hst", "ops", "--instruments", "wfpc2", "--ref-subdir-mode", "instrument")
     assert run.returncode == 0, run.stderr
-    fetched = references_in(hst_bucket.cache)
-    assert fetched and all(name.startswith("0") and name[8] == "u" for name in fetched), fetched  # WFPC2's only
+    wfpc2 = {name for name in hst_bucket.sample.references_of[hst_bucket.sample.contexts[-1]] if name[8] == "u"}
+    assert wfpc2 and references_in(hst_bucket.cache) == wfpc2, "WFPC2's references (CDBS names: u), all of them"
     assert {os.path.dirname(p) for p in cache_files(hst_bucket.cache) if p.startswith("references")} == {
         os.path.join("references", "hst", "wfpc2")}
-    unknown = hst_bucket.run("hst", "ops", "--instruments", "nircam")
-    assert unknown.returncode == ExitCode.USAGE and "use some of: acs, wfc3, wfpc2" in only_error(unknown)
+    for extra in ((), ("--mappings-only",)):
+        unknown = hst_bucket.run("hst", "ops", "--instruments", "nircam", *extra)
+        assert unknown.returncode == ExitCode.USAGE and "use some of: acs, wfc3, wfpc2" in only_error(unknown)
+
+
+def test_mappings_only_warms_the_pickle_alone(hst_bucket):
+    run = hst_bucket.run("hst", "ops", "--mappings-only")
+    assert run.returncode == 0, run.stderr
+    assert (run.event("plan")["pickles"], run.event("plan")["references"]) == (1, 0)
+    assert pickles_in(hst_bucket.cache) and not references_in(hst_bucket.cache)
+    assert not [p for p in cache_files(hst_bucket.cache) if p.startswith("mappings")], "no GET of a pmap not there"
 
 
 def test_dry_run_prints_a_pickle_only_buckets_plan_and_writes_nothing(hst_bucket):
@@ -94,7 +104,7 @@ def test_dry_run_prints_a_pickle_only_buckets_plan_and_writes_nothing(hst_bucket
         (f"{latest}.pkl", f"pickles/hst/{latest}.pkl", False)]
     assert {f["name"] for f in report["files"] if f["kind"] == "reference"} == hst_bucket.sample.references_of[latest]
     assert report["totals"]["bytes"] == sum(f["size"] for f in report["files"])
-    assert not [p for p in cache_files(hst_bucket.cache) if not p.startswith("config")], "nothing fetched"
+    assert not cache_files(hst_bucket.cache), "a dry run writes nothing"
 
 
 def test_selective_warm_gets_exactly_what_crds_bestrefs_picks_from_the_pickle(hst_bucket, hst_datasets):
@@ -187,6 +197,25 @@ def test_a_pinned_context_absent_from_the_bucket_lists_the_pickled_ones(hst_buck
     assert not cache_files(hst_bucket.cache)
 
 
+def test_a_pinned_context_s3_will_not_show_is_still_a_usage_error(s3, hst_bucket):
+    """A role that may not list the pickles gets 403, not 404, for one that is not there: a typo stays 64."""
+    with FaultProxy(s3.endpoint) as proxy:
+        proxy.rules.append(Rule("403", path="pickles/hst/hst_0042", method="HEAD"))
+        run = hst_bucket.run("hst", "ops", "--context", "hst_0042.pmap", AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert "hst_0042.pmap is not in" in only_error(run) and "S3 refused the job a look" in only_error(run)
+
+
+def test_mappings_s3_refuses_to_show_are_no_mappings(s3, hst_bucket):
+    """HST's layout read by a role without mappings/: the pmap's 403 sends the warm to the pickle."""
+    with FaultProxy(s3.endpoint) as proxy:
+        proxy.rules += [Rule("403", path="/mappings/", method=method) for method in ("HEAD", "GET")]
+        run = hst_bucket.run("hst", "ops", AWS_ENDPOINT_URL_S3=proxy.endpoint)
+    assert run.returncode == 0, run.stderr
+    assert run.event("plan")["rules"] == "pickle"
+    assert_cache_verified(hst_bucket.cache, hst_bucket.sample)
+
+
 def test_no_pickles_refuses_a_pickle_only_bucket_and_its_twin_too(hst_bucket):
     for run in (hst_bucket.run("hst", "ops", "--no-pickles"), hst_bucket.run("hst", "ops", CRDS_JOB_PICKLES="0")):
         assert run.returncode == ExitCode.USAGE
@@ -216,6 +245,22 @@ def test_a_corrupt_reference_never_reaches_the_cache(hst_bucket):
     assert name in only_error(run) and "arrived with sha1" in only_error(run)
     assert name not in references_in(hst_bucket.cache)
     assert_cache_verified(hst_bucket.cache, hst_bucket.sample)
+
+
+#: A pickle whose loading ends the process that loads it, as a crash of crds's C code would.
+class _Fatal:
+    def __reduce__(self):
+        return eval, ("__import__('os')._exit(3)",)
+
+
+def test_a_pickle_that_kills_crds_is_the_pickles_fault_and_not_kept(hst_bucket):
+    name = f"{hst_bucket.sample.contexts[-1]}.pkl"
+    hst_bucket.put(f"pickles/hst/{name}", pickle.dumps(_Fatal()))
+    run = hst_bucket.run("hst", "ops")
+    assert run.returncode == ExitCode.BUCKET_CONTENT, run.stderr
+    assert f"crds died with exit 3 loading the pickle {name}" in only_error(run)
+    assert "--all-references" not in only_error(run), "a whole-context warm: no dataset to leave out"
+    assert not pickles_in(hst_bucket.cache) and not references_in(hst_bucket.cache)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not a pickle"])

@@ -83,9 +83,10 @@ def test_a_pickled_context_plans_from_crds_listing_of_it():
     assert p.total_bytes == PICKLE.size + sum(len(n) for n in NAMES if not n.endswith("map"))
     narrowed = plan.from_listing("hst_0001.pmap", PICKLE, LISTING, METADATA, instruments=["wfpc2"])
     assert {e.name for e in narrowed.references} == {"x1a1234bu.r4h", "x1a1234bu.r4d", "a_bia.fits"}
-    assert plan.from_listing("hst_0001.pmap", PICKLE, None, METADATA).references == ()
-    with pytest.raises(UsageError, match="nircam not in context hst_0001.pmap.*acs, wfpc2"):
-        plan.from_listing("hst_0001.pmap", PICKLE, LISTING, METADATA, instruments=["nircam"])
+    assert plan.from_listing("hst_0001.pmap", PICKLE, LISTING, METADATA, mappings_only=True).references == ()
+    for mappings_only in (False, True):
+        with pytest.raises(UsageError, match="nircam not in context hst_0001.pmap.*acs, wfpc2"):
+            plan.from_listing("hst_0001.pmap", PICKLE, LISTING, METADATA, ["nircam"], mappings_only)
 
 
 @pytest.mark.parametrize("listing, words", [
