@@ -215,23 +215,12 @@ class _Warm:
         A cached copy is checked by its sha1 where the bucket publishes one,
         whatever ``--verify-existing`` says: it is code that crds will run.
         """
-        path = self.cache.path(entry)
-        stale: FileId | None = None
-        if self.cache.present_size(path) == entry.size:
-            try:
-                digest, found = await self.fetcher.in_thread(sha1_of, path) if entry.sha1 else ("", None)
-            except FileNotFoundError:  # gone since: another writer is replacing it
-                digest, found = None, None
-            if digest is not None and entry.accepts_sha1(digest):  # no sha1 published: its size is all
-                self.progress.files_present += 1
-                self.progress.bytes_present += entry.size
-                return
-            if found is not None:
-                self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
-                stale = found
+        missing, corrupt = await self.survey((entry,), verify=bool(entry.sha1))
+        if not missing:
+            return
         if self.writable:
             self.cover_missing([entry])
-            await self.fetcher.fetch_file(entry, self.cache, stale)
+            await self.fetcher.fetch_file(entry, self.cache, corrupt.get(entry.name))
         else:
             self.unwritten[entry] = await self.fetcher.fetch_bytes(entry)
 
@@ -301,8 +290,13 @@ class _Warm:
 
     # ----- step 3 ---------------------------------------------------------------------------
 
-    async def survey(self, references: tuple[plan.Entry, ...]) -> tuple[list[plan.Entry], dict[str, FileId]]:
-        """The references to fetch, and the identity of each cached copy found corrupt among them."""
+    async def survey(
+        self, references: tuple[plan.Entry, ...], verify: bool | None = None
+    ) -> tuple[list[plan.Entry], dict[str, FileId]]:
+        """The files to fetch, and the identity of each cached copy found corrupt among them.
+
+        ``verify``: re-hash the cached copies (default: as ``--verify-existing`` says).
+        """
         missing: list[plan.Entry] = []
         candidates: list[plan.Entry] = []
         for entry in references:
@@ -311,7 +305,7 @@ class _Warm:
             else:
                 missing.append(entry)
         corrupt: dict[str, FileId] = {}
-        if self.settings.verify_existing and candidates:
+        if (self.settings.verify_existing if verify is None else verify) and candidates:
             sums = await asyncio.gather(*(self.fetcher.in_thread(sha1_of, self.cache.path(e)) for e in candidates))
             for entry, (digest, found) in zip(candidates, sums, strict=True):
                 if not entry.accepts_sha1(digest):
