@@ -54,7 +54,9 @@ MEANING = {
     ExitCode.DATASET: "an input dataset (--datasets, or found in COMMAND) is missing, unreadable, or of an "
                       "instrument the context does not cover",
     ExitCode.S3_ACCESS: "S3 unreachable or refusing: no or expired credentials, access denied, "
-                        "no such bucket, an object missing, throttling that outlasted the retries",
+                        "no such bucket, an object missing, throttling that outlasted the retries (S3 "
+                        "unreachable with a cache already complete for the job is no failure: the command runs "
+                        "offline, unless --require-source)",
     ExitCode.INTERNAL: "a bug in crds-job (the log line carries the traceback), or crds dying while it chooses "
                        "a selective warm's references (killed, e.g. out of memory, or crashed), or killed by "
                        "SIGKILL (out of memory) while it loads a context's pickle",

@@ -38,7 +38,8 @@ from .errors import BucketContentError, CacheError, IntegrityError
 from .launch import hold_stop_signals
 from .plan import Entry
 from .progress import Progress
-from .remote import BodyCorrupt, Bucket, Part, Transient
+from .remote import BodyCorrupt, Part, Transient
+from .source import Source
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 20.0
@@ -174,7 +175,7 @@ class Fetcher:
     """Fetches entries from one bucket into one cache, within the job's bounds."""
 
     def __init__(
-        self, bucket: Bucket, settings: Any, progress: Progress, log: Any, durability: Durability
+        self, bucket: Source, settings: Any, progress: Progress, log: Any, durability: Durability
     ) -> None:
         self.bucket = bucket
         self.part_size = min(settings.part_size, settings.memory_budget)

@@ -52,12 +52,17 @@ _CREDENTIAL_CODES = {
 }
 
 
+class Unreachable(S3AccessError):
+    """S3 kept failing (no connection, 5xx, stalls) after every attempt: the source is out of reach
+    for now, which a cache already complete for the job can stand in for (``offline``)."""
+
+
 class Transient(S3AccessError):
     """An S3 failure that may pass: worth another attempt of the same file."""
 
-    def final(self) -> S3AccessError:
+    def final(self) -> Unreachable:
         """The same failure once no attempt is left: no caller's retry loop may take it for another try."""
-        return S3AccessError(self.what, self.todo)
+        return Unreachable(self.what, self.todo)
 
 
 class Missing(S3AccessError):

@@ -137,6 +137,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_fetch", "let the command's crds fetch cache misses from S3 "
            "(default: the command runs offline from the cache)",
            parse=parse_bool, default=False, flag_value=True),
+    Option("require_source", "fail (exit 69) when S3 cannot be reached, even where the cache is already "
+           "complete for the context asked for (default: then warn and run the command offline)",
+           parse=parse_bool, default=False, flag_value=True),
     Option("pickles", "where the bucket holds a context as a pickle and no mappings (STScI's HST buckets), "
            "let the crds library load it, in a child process and in the command; --no-pickles refuses "
            "such a bucket (a pickle is code when loaded)", parse=parse_bool, default=True),
@@ -188,6 +191,7 @@ class Settings:
     dry_run: bool
     verify_existing: bool
     allow_fetch: bool
+    require_source: bool
     pickles: bool
     ref_subdir_mode: str | None
     bucket: str | None

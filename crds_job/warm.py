@@ -23,14 +23,23 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bestrefs, datasets, launch, mapping, plan, rules, scratch, server_config
+from . import bestrefs, datasets, launch, mapping, offline, plan, rules, scratch, server_config
 from .cache import MODE_FILE, Cache, FileId, file_id, open_in_cache, sha1_of
 from .durability import Durability
-from .errors import BucketContentError, CacheError, CrdsJobError, DatasetError, IntegrityError, UsageError
+from .errors import (
+    BucketContentError,
+    CacheError,
+    CrdsJobError,
+    DatasetError,
+    IntegrityError,
+    Interrupted,
+    UsageError,
+)
 from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
-from .remote import Bucket, Denied, Missing
+from .remote import Bucket, Denied, Missing, Unreachable
 from .settings import Settings
+from .source import Source
 
 BAD_FILES = "bad_files.txt"
 #: A mapping is text of a few kB to a few MB; far more is not a mapping.
@@ -99,7 +108,7 @@ class Outcome:
 class _Warm:
     """The state of one warm, threaded through its steps."""
 
-    def __init__(self, settings: Settings, bucket: Bucket, cache: Cache, durability: Durability, log: Any) -> None:
+    def __init__(self, settings: Settings, bucket: Source, cache: Cache, durability: Durability, log: Any) -> None:
         self.settings = settings
         self.bucket = bucket
         self.cache = cache
@@ -431,19 +440,50 @@ def _read(path: str) -> tuple[bytes, FileId]:
 
 
 async def warm(settings: Settings, log: Any) -> Outcome:
-    """Do one warm (or, with ``dry_run``, only its planning)."""
+    """Do one warm (or, with ``dry_run``, only its planning).
+
+    Where S3 cannot be reached, a cache already complete for the job stands
+    in for it (``offline``), unless ``--require-source``: the command needs
+    no network, and an outage need not stop a calibration that has its files.
+    """
     location = settings.location
     durability = Durability.choose(settings.cache, settings.fsync, settings.fsync_each)
     if not settings.dry_run:  # before anything in the cache is read, even its layout
         await durability.recover(log)
     cache = Cache.open(settings.cache, location.observatory, settings.ref_subdir_mode)
-    async with Bucket(location, settings.concurrency, settings.retries) as bucket:
-        job = _Warm(settings, bucket, cache, durability, log)
-        try:
-            return await _run(job, settings, log)
-        finally:
-            job.fetcher.close()
-            job.durability.close()
+    try:
+        async with Bucket(location, settings.concurrency, settings.retries) as bucket:
+            return await _attempt(settings, bucket, cache, durability, log)
+    except Unreachable as failure:
+        if settings.require_source:
+            raise
+        return await _offline(settings, failure, log)
+
+
+async def _attempt(settings: Settings, source: Source, cache: Cache, durability: Durability, log: Any) -> Outcome:
+    job = _Warm(settings, source, cache, durability, log)
+    try:
+        return await _run(job, settings, log)
+    finally:
+        job.fetcher.close()
+        job.durability.close()
+
+
+async def _offline(settings: Settings, failure: Unreachable, log: Any) -> Outcome:
+    """The warm again, from the cache alone; S3's ``failure`` if the cache cannot stand in for it."""
+    log.warning("source unreachable: checking whether the cache is complete without it", error=str(failure))
+    cache = Cache.open(settings.cache, settings.location.observatory, settings.ref_subdir_mode)
+    durability = Durability.choose(settings.cache, settings.fsync, settings.fsync_each)
+    try:
+        outcome = await _attempt(settings, offline.CacheSource(cache, settings.location), cache, durability, log)
+    except CrdsJobError as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        log.info("the cache cannot stand in for the source", reason=str(exc))
+        raise failure from None
+    log.warning(f"source unreachable; the cache is complete for {outcome.context}: running offline",
+                context=outcome.context, cache=outcome.cache.root)
+    return outcome
 
 
 async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:

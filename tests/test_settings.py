@@ -52,7 +52,7 @@ def test_every_option_has_a_twin_that_works():
         "verify_existing": "true", "allow_fetch": "on", "ref_subdir_mode": "instrument", "bucket": "b",
         "prefix": "/p", "env_file": "/e", "fsync": "on", "fsync_each": "1", "progress_interval": "0.5",
         "log_format": "console", "log_level": "debug", "all_references": "0",  # (1 would clash with the others)
-        "pickles": "off",
+        "pickles": "off", "require_source": "yes",
     }
     # --datasets excludes the whole-context options set here: its twin is tested in test_datasets.
     assert set(values) | {"datasets"} == {option.name for option in settings.OPTIONS}
@@ -60,7 +60,7 @@ def test_every_option_has_a_twin_that_works():
     s = parse(["roman", "ops"], **env)
     assert all(s.sources[name] == settings.OPTION_BY_NAME[name].env for name in values)
     assert s.part_size == 2**20 and s.memory_budget == 64 * 2**20 and s.fsync is True and s.fsync_each
-    assert s.all_references is False and s.pickles is False
+    assert s.all_references is False and s.pickles is False and s.require_source is True
     assert parse(["roman", "ops"]).pickles is True and parse(["roman", "ops", "--no-pickles"]).pickles is False
     assert s.instruments == ("wfi",) and s.mappings_only and s.allow_fetch and s.progress_interval == 0.5
 
