@@ -28,9 +28,10 @@ CREDENTIALS = "none: the cache alone"
 class CacheSource:
     """The files of one cache, read as a warm reads a bucket's."""
 
-    def __init__(self, cache: Cache, location: Location) -> None:
+    def __init__(self, cache: Cache, location: Location, anonymous: bool) -> None:
         self.location = location
         self.credentials = CREDENTIALS
+        self.anonymous = anonymous  # as S3 was read before it went away: datasets named by s3:// URIs still are
         self._cache = cache
 
     def _path(self, area: str, name: str) -> str:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -58,11 +59,21 @@ class Unreachable(S3AccessError):
 
 
 class Transient(S3AccessError):
-    """An S3 failure that may pass: worth another attempt of the same file."""
+    """An S3 failure that may pass: worth another attempt of the same file.
 
-    def final(self) -> Unreachable:
+    ``outage``: it is S3 or the network failing (no connection, 5xx,
+    throttling, a stall), which a complete cache may stand in for; not a
+    failure of unknown kind, which may be the job's own (its credentials, its
+    configuration) and must never let a job run on without S3 unnoticed.
+    """
+
+    def __init__(self, what: str, todo: str = "", outage: bool = True) -> None:
+        super().__init__(what, todo)
+        self.outage = outage
+
+    def final(self) -> S3AccessError:
         """The same failure once no attempt is left: no caller's retry loop may take it for another try."""
-        return Unreachable(self.what, self.todo)
+        return (Unreachable if self.outage else S3AccessError)(self.what, self.todo)
 
 
 class Missing(S3AccessError):
@@ -103,6 +114,9 @@ _TRANSPORT_ERRORS = (
     asyncio.TimeoutError,
     ConnectionError,
 )
+
+#: A TLS handshake refused (a CA bundle, a proxy's certificate): the job's setup, whatever S3's state.
+_TLS_ERRORS = (ssl.SSLError, botocore.exceptions.SSLError, aiohttp.ClientSSLError)
 
 
 #: What reading S3 can raise beyond our control (s3fs turns most server answers into
@@ -198,16 +212,20 @@ def translate(exc: BaseException, uri: str, location: Location, credentials: str
         )
     transport = _in_chain(exc, _TRANSPORT_ERRORS)
     if code in _TRANSIENT_CODES or transport is not None or (
+        # s3fs's OSError for an answer it has no name for carries the ClientError: that code decides
         isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET)
+        and client_error is None
     ):
         cause = transport or exc
         return Transient(
             f"S3 kept failing reading {uri}: {code or type(cause).__name__}: {str(cause)[:120]}",
             "check the endpoint and network, or run the job again; S3 may be throttling",
+            outage=_in_chain(exc, _TLS_ERRORS) is None,  # a certificate refused is the job's setup, not an outage
         )
     return Transient(
-        f"reading {uri} failed: {type(exc).__name__}: {str(exc)[:200]}",
+        f"reading {uri} failed: {type(exc).__name__}{f' {code}' if code else ''}: {str(exc)[:200]}",
         "run the job again; if it persists, report it with this line",
+        outage=False,
     )
 
 
@@ -308,6 +326,10 @@ class Bucket:
                              "check AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (a URL such as https://host:port) "
                              "and AWS_REGION / AWS_DEFAULT_REGION") from None
         return self
+
+    @property
+    def anonymous(self) -> bool:
+        return self.credentials == "anonymous"
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._client is not None:

@@ -17,6 +17,7 @@ from .remote import Part
 class Source(Protocol):
     location: Location
     credentials: str  # how requests are signed, for the log: never a secret
+    anonymous: bool  # whether requests go unsigned, as datasets named by s3:// URIs are then read
 
     async def read(self, area: str, name: str, most: int | None = None) -> bytes:
         """A small object whole (``most``: a bound on its size); ``remote.Missing`` if absent."""

@@ -108,15 +108,17 @@ class Outcome:
 class _Warm:
     """The state of one warm, threaded through its steps."""
 
-    def __init__(self, settings: Settings, bucket: Source, cache: Cache, durability: Durability, log: Any) -> None:
+    def __init__(self, settings: Settings, bucket: Source, cache: Cache, durability: Durability, log: Any,
+                 offline: bool = False) -> None:
         self.settings = settings
+        self.offline = offline  # the cache stands in for the source: read, never written
         self.bucket = bucket
         self.cache = cache
         self.log = log
         self.progress = Progress()
         self.durability = durability
         self.fetcher = Fetcher(bucket, settings, self.progress, log, durability)
-        self.writable = not settings.dry_run and cache.writable()
+        self.writable = not settings.dry_run and not offline and cache.writable()
         self.unwritten: dict[plan.Entry, bytes] = {}  # mappings fetched, not written (dry run, read-only cache)
 
     def cover_missing(self, mappings: list[plan.Entry]) -> None:
@@ -133,6 +135,12 @@ class _Warm:
         """Before ``data`` is written to ``path``: a durable journal names it, else it is to be fsync'ed."""
         self.durability.cover([(path, len(data), hashlib.sha1(data).hexdigest())])
         return self.durability.needs_fsync(path)
+
+    def corrupt_found(self, entry: plan.Entry) -> None:
+        if self.offline:  # nothing to fetch it from: the cache cannot stand in (the warm ends on the missing file)
+            self.log.warning("cached file is corrupt", file=entry.name)
+        else:
+            self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
 
     # ----- step 1 ---------------------------------------------------------------------------
 
@@ -224,6 +232,9 @@ class _Warm:
         A cached copy is checked by its sha1 where the bucket publishes one,
         whatever ``--verify-existing`` says: it is code that crds will run.
         """
+        if self.offline and not entry.sha1:  # its size is the cached copy's own: nothing would be checked
+            raise Missing(f"the bucket publishes no sha1 for {entry.name}, so its cached copy cannot be checked "
+                          "without the bucket", "a pickle is code: it is loaded only as the bucket serves it")
         missing, corrupt = await self.survey((entry,), verify=bool(entry.sha1))
         if not missing:
             return
@@ -247,7 +258,7 @@ class _Warm:
         except FileNotFoundError:  # gone since: another writer is replacing it
             return None, None
         if len(data) != entry.size or not entry.accepts_sha1(hashlib.sha1(data).hexdigest()):
-            self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
+            self.corrupt_found(entry)
             return None, found
         return data, None
 
@@ -318,7 +329,7 @@ class _Warm:
             sums = await asyncio.gather(*(self.fetcher.in_thread(sha1_of, self.cache.path(e)) for e in candidates))
             for entry, (digest, found) in zip(candidates, sums, strict=True):
                 if not entry.accepts_sha1(digest):
-                    self.log.warning("cached file is corrupt, fetching it again", file=entry.name)
+                    self.corrupt_found(entry)
                     corrupt[entry.name] = found
                     missing.append(entry)
         for entry in candidates:
@@ -344,7 +355,7 @@ class _Warm:
             try:
                 answer = await bestrefs.choose(
                     selection.datasets, the_rules.context, location.observatory, env,
-                    anonymous=self.bucket.credentials == "anonymous", strict=selection.strict, scratch=folder,
+                    anonymous=self.bucket.anonymous, strict=selection.strict, scratch=folder,
                     pickle=pickle.name if pickle else "", listing=listing)
             except bestrefs.Unloadable:
                 if pickle is not None and handed is not None and self.writable:  # checked, yet of no use: not kept
@@ -451,17 +462,19 @@ async def warm(settings: Settings, log: Any) -> Outcome:
     if not settings.dry_run:  # before anything in the cache is read, even its layout
         await durability.recover(log)
     cache = Cache.open(settings.cache, location.observatory, settings.ref_subdir_mode)
+    bucket = Bucket(location, settings.concurrency, settings.retries)
     try:
-        async with Bucket(location, settings.concurrency, settings.retries) as bucket:
+        async with bucket:
             return await _attempt(settings, bucket, cache, durability, log)
     except Unreachable as failure:
         if settings.require_source:
             raise
-        return await _offline(settings, failure, log)
+        return await _offline(settings, failure, bucket.anonymous, log)
 
 
-async def _attempt(settings: Settings, source: Source, cache: Cache, durability: Durability, log: Any) -> Outcome:
-    job = _Warm(settings, source, cache, durability, log)
+async def _attempt(settings: Settings, source: Source, cache: Cache, durability: Durability, log: Any,
+                   offline: bool = False) -> Outcome:
+    job = _Warm(settings, source, cache, durability, log, offline)
     try:
         return await _run(job, settings, log)
     finally:
@@ -469,20 +482,26 @@ async def _attempt(settings: Settings, source: Source, cache: Cache, durability:
         job.durability.close()
 
 
-async def _offline(settings: Settings, failure: Unreachable, log: Any) -> Outcome:
-    """The warm again, from the cache alone; S3's ``failure`` if the cache cannot stand in for it."""
+async def _offline(settings: Settings, failure: Unreachable, anonymous: bool, log: Any) -> Outcome:
+    """The warm again, from the cache alone and without writing it; S3's ``failure`` if the cache cannot
+    stand in for it. ``anonymous``: how S3 was read, which is how datasets named by s3:// URIs are read."""
     log.warning("source unreachable: checking whether the cache is complete without it", error=str(failure))
     cache = Cache.open(settings.cache, settings.location.observatory, settings.ref_subdir_mode)
     durability = Durability.choose(settings.cache, settings.fsync, settings.fsync_each)
+    source = offline.CacheSource(cache, settings.location, anonymous)
     try:
-        outcome = await _attempt(settings, offline.CacheSource(cache, settings.location), cache, durability, log)
+        outcome = await _attempt(settings, source, cache, durability, log, offline=True)
+    except Interrupted:
+        raise
     except CrdsJobError as exc:
-        if isinstance(exc, Interrupted):
-            raise
-        log.info("the cache cannot stand in for the source", reason=str(exc))
+        log.warning("the cache cannot stand in for the source", reason=str(exc))
         raise failure from None
-    log.warning(f"source unreachable; the cache is complete for {outcome.context}: running offline",
-                context=outcome.context, cache=outcome.cache.root)
+    if settings.dry_run:
+        log.warning(f"source unreachable; the cache is complete for {outcome.context}: the command would run "
+                    "offline", context=outcome.context, cache=outcome.cache.root)
+    else:
+        log.warning(f"source unreachable; the cache is complete for {outcome.context}: running offline",
+                    context=outcome.context, cache=outcome.cache.root)
     return outcome
 
 
@@ -545,14 +564,20 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         log.warning("the bucket publishes no sha1 for some files: they are checked by size "
                     "(and by the checksum S3 keeps, if any, when fetched in one GET)",
                     count=len(unchecked), first=unchecked[:5])
-    if settings.dry_run:
+    if settings.dry_run and not job.offline:  # offline, the plan stands only if the cache needs nothing more
         return outcome
     if not job.writable:
         lacking = [entry.name for entry in to_fetch] + job.config_missing()
+        if lacking and job.offline:
+            raise CacheError(f"cache {cache.root} lacks {len(lacking)} file(s) of the plan, e.g. {lacking[0]}",
+                             "the cache cannot stand in for the source")
         if lacking:
             why, todo = cache.why_unwritable()
             raise CacheError(f"cache {cache.root} {why} and lacks {len(lacking)} file(s), e.g. {lacking[0]}", todo)
-        log.info("read-only cache holds every planned file", files=len(the_plan.entries))
+        if settings.dry_run:
+            return outcome
+        log.info("the cache holds every planned file" if job.offline else "read-only cache holds every planned file",
+                 files=len(the_plan.entries))
         return outcome
     cache.check_space(sum(entry.size for entry in to_fetch))
     config_files = job.config_to_write(config)  # written last: a cache with a config is complete

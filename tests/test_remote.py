@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 
+import botocore.exceptions
 import pytest
 
 from crds_job import remote
@@ -139,3 +141,38 @@ def test_a_get_slower_than_the_least_rate_is_given_up_as_transient(location, rom
         assert asyncio.run(scenario(0)) == roman_bucket.sample.mappings[name]
         with pytest.raises(remote.Transient, match=f"reading .*{name} stalled"):
             asyncio.run(scenario(5))
+
+
+def _s3_error(code: str, status: int) -> botocore.exceptions.ClientError:
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": f"{code} from the test"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "GetObject")
+
+
+def _as_s3fs_raises(error: botocore.exceptions.ClientError) -> OSError:
+    """What s3fs makes of a ClientError it has no name for: OSError(EIO), the ClientError its cause."""
+    translated = OSError(errno.EIO, str(error))
+    translated.__cause__ = error
+    return translated
+
+
+@pytest.mark.parametrize(("failure", "outage"), [
+    (_s3_error("SlowDown", 503), True),
+    (_s3_error("InternalError", 500), True),
+    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), True),
+    (botocore.exceptions.ReadTimeoutError(endpoint_url="http://127.0.0.1:9"), True),
+    (OSError(errno.ECONNRESET, "Connection reset by peer"), True),
+    (_as_s3fs_raises(_s3_error("InvalidIdentityToken", 400)), False),
+    (_as_s3fs_raises(_s3_error("AuthorizationHeaderMalformed", 400)), False),
+    (_as_s3fs_raises(_s3_error("PermanentRedirect", 301)), False),
+    (botocore.exceptions.CredentialRetrievalError(provider="sso", error_msg="the SSO token expired"), False),
+    (botocore.exceptions.SSLError(endpoint_url="https://127.0.0.1:9", error="certificate verify failed"), False),
+])
+def test_only_s3_or_the_network_failing_is_an_outage(failure, outage):
+    """An outage (``Unreachable``) lets a complete cache run the command offline: a failure that may be
+    the job's own setup (credentials, a region, TLS) must stay an error that stops it."""
+    error = remote.translate(failure, "s3://bucket/key", locate("roman", "ops", None, None), "env")
+    assert isinstance(error, remote.Transient), error
+    final = error.final()
+    assert isinstance(final, remote.Unreachable) == outage, final
+    assert final.exit_code == ExitCode.S3_ACCESS
