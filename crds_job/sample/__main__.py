@@ -8,7 +8,8 @@
 - ``serve``: the same server and bucket, and an HST ops bucket laid out as
   STScI's (``s3://hst-crds-cache-ops``: pickled contexts, no mappings), kept
   up until Ctrl-C, with the variables to export printed, to try ``crds-job``
-  by hand.
+  by hand; and, since JWST has no S3 bucket, a stand-in CRDS server with a
+  sample JWST context (its ``CRDS_SERVER_URL`` printed).
 - ``getreferences [DATASET]``: what the demo runs after the warm:
   crds.getreferences for the dataset's header (default: a sample WFI
   exposure header), printed as JSON.
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import context, datasets, pickles, server
+from . import context, crds_server, datasets, pickles, server
 
 
 def seeded(kind: str, hst: bool = False) -> server.LocalS3:
@@ -70,11 +71,15 @@ def demo(arguments: argparse.Namespace) -> int:
 
 def serve(arguments: argparse.Namespace) -> int:
     s3 = seeded(arguments.server, hst=True)
+    jwst = crds_server.LocalCrdsServer(context.jwst()).start()
     try:
         print("# a local S3 with sample Roman ops and HST ops buckets (HST's: pickles, no mappings); "
               "in another shell:")
         for name, value in s3.client_env().items():
             print(f"export {name}={value}")
+        # Not an export: a CRDS_SERVER_URL in the shell would also reach the Roman and HST commands.
+        print(f"# JWST has no S3 bucket; a stand-in CRDS server with a sample JWST context, for JWST commands: "
+              f"CRDS_SERVER_URL={jwst.url} CRDS_OBSERVATORY=jwst")
         print("crds-job --dry-run hst ops        # the HST bucket's plan: its context's pickle and references")
         print("crds-job --dry-run roman ops      # then without --dry-run; Ctrl-C here stops the server")
         sys.stdout.flush()
@@ -84,6 +89,7 @@ def serve(arguments: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return 0
     finally:
+        jwst.stop()
         s3.__exit__()
 
 

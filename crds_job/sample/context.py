@@ -4,7 +4,7 @@ The mappings are what the real crds client accepts: the header fields it
 requires, the selector classes it knows (``Match`` of ``UseAfter``), and the
 header ``sha1sum`` stamped the way the client checks it. Reference bytes are
 pseudo-random (seeded), so a bucket is the same every time it is built with
-the same arguments. One machinery, two observatories: ``roman()`` and ``hst()``.
+the same arguments. One machinery, three observatories: ``roman()``, ``hst()`` and ``jwst()``.
 """
 
 from __future__ import annotations
@@ -150,6 +150,81 @@ HST_DATASET_HEADERS = {
              "TIME-OBS": "00:00:00", "APERTURE": "UVIS", "SUBARRAY": "F", "OBSTYPE": "IMAGING",
              "BINAXIS1": "1", "BINAXIS2": "1", "FILTER": "F606W"},
 }
+
+
+def _jwst_reference(instrument: str, rule: Rule, serial: int) -> str:
+    """A name like JWST's own: ``jwst_nircam_dark_0001.fits``."""
+    return f"jwst_{instrument.lower()}_{rule.filekind}_{serial:04d}{rule.extension}"
+
+
+_NRC_DETECTORS = ("NRCA1", "NRCA2", "NRCA3", "NRCA4", "NRCB1", "NRCB2", "NRCB3", "NRCB4", "NRCALONG", "NRCBLONG")
+_MIRI_DETECTORS = ("MIRIMAGE", "MIRIFULONG", "MIRIFUSHORT")
+#: The value of each matched keyword in every row but the detector's: the sample exposure's.
+_JWST_VALUES = {
+    "META.EXPOSURE.TYPE": {"NIRCAM": "NRC_IMAGE", "MIRI": "MIR_IMAGE"},
+    "META.SUBARRAY.NAME": {"NIRCAM": "FULL", "MIRI": "FULL"},
+    "META.INSTRUMENT.FILTER": {"NIRCAM": "F200W", "MIRI": "F770W"},
+    "META.INSTRUMENT.PUPIL": {"NIRCAM": "CLEAR"},
+    "META.INSTRUMENT.BAND": {"MIRI": "N/A"},  # MIRI's imager has no band: N/A matches any value, as in real rmaps
+    "META.EXPOSURE.READPATT": {"MIRI": "FAST"},
+}
+
+
+def _jwst_rule(instrument: str, kind: str, *keys: str, filetype: str = "", text_descr: str = "") -> Rule:
+    """A rule matching on ``keys`` (the real rmap's parkeys, crds/jwst/specs), one row per detector.
+
+    The detector is always the first key here (the real dark's puts the exposure type first: order is
+    immaterial to matching); ``filetype``/``text_descr`` are the real spec's where they differ from the kind.
+    """
+    detectors = {"NIRCAM": _NRC_DETECTORS, "MIRI": _MIRI_DETECTORS}[instrument]
+    rows = tuple((detector,) + tuple(_JWST_VALUES[key][instrument] for key in keys) for detector in detectors)
+    header = {"filetype": filetype or kind.upper(), "text_descr": text_descr or kind.capitalize()}
+    return Rule(kind, ("META.INSTRUMENT.DETECTOR",) + keys, rows, suffix=kind, header=header)
+
+
+_FILTER, _PUPIL, _BAND = "META.INSTRUMENT.FILTER", "META.INSTRUMENT.PUPIL", "META.INSTRUMENT.BAND"
+_EXP_TYPE, _SUBARRAY, _READPATT = "META.EXPOSURE.TYPE", "META.SUBARRAY.NAME", "META.EXPOSURE.READPATT"
+
+#: JWST: NIRCam's detector-level types and a few of MIRI's, with their real match keywords.
+JWST = Observatory(
+    name="jwst",
+    instrument_key="META.INSTRUMENT.NAME",
+    date_keys=("META.OBSERVATION.DATE", "META.OBSERVATION.TIME"),
+    file_ext=".fits",
+    rules={
+        "NIRCAM": (
+            _jwst_rule("NIRCAM", "dark", _EXP_TYPE, _SUBARRAY, text_descr="Dark reference"),
+            _jwst_rule("NIRCAM", "flat", _FILTER, _PUPIL, filetype="PIXEL-TO-PIXEL FLAT", text_descr="Flat Field"),
+            _jwst_rule("NIRCAM", "gain", _FILTER),
+            _jwst_rule("NIRCAM", "readnoise", _FILTER, text_descr="Read Noise"),
+            _jwst_rule("NIRCAM", "mask", _FILTER, text_descr="Bad Pixel Mask"),
+            _jwst_rule("NIRCAM", "saturation", _FILTER),
+            _jwst_rule("NIRCAM", "linearity", _FILTER, text_descr="Detector Linearity Correction Coefficients"),
+        ),
+        "MIRI": (
+            _jwst_rule("MIRI", "dark", _FILTER, _READPATT, _SUBARRAY, text_descr="Dark Frame"),
+            _jwst_rule("MIRI", "flat", _FILTER, _BAND, _READPATT, _SUBARRAY, filetype="PIXEL-TO-PIXEL FLAT",
+                       text_descr="Flat Field"),
+            _jwst_rule("MIRI", "gain", _FILTER, _BAND, _SUBARRAY),
+            _jwst_rule("MIRI", "readnoise", _FILTER, text_descr="Read Noise"),
+        ),
+    },
+    reference_name=_jwst_reference,
+)
+
+#: Headers (one per instrument) that every sample JWST rule of that instrument matches with its first row,
+#: in the data model's keywords (what stpipe hands crds.getreferences), plus the exposure type and
+#: subarray crds's JWST hooks read (crds/jwst/locate.py).
+JWST_DATASET_HEADERS = {
+    "NIRCAM": {"META.INSTRUMENT.NAME": "NIRCAM", "META.INSTRUMENT.DETECTOR": "NRCA1", "META.INSTRUMENT.FILTER": "F200W",
+               "META.INSTRUMENT.PUPIL": "CLEAR", "META.EXPOSURE.TYPE": "NRC_IMAGE", "META.SUBARRAY.NAME": "FULL",
+               "META.EXPOSURE.READPATT": "RAPID", "META.OBSERVATION.DATE": "2023-06-01",
+               "META.OBSERVATION.TIME": "00:00:00"},
+    "MIRI": {"META.INSTRUMENT.NAME": "MIRI", "META.INSTRUMENT.DETECTOR": "MIRIMAGE", "META.INSTRUMENT.FILTER": "F770W",
+             "META.EXPOSURE.TYPE": "MIR_IMAGE", "META.SUBARRAY.NAME": "FULL", "META.EXPOSURE.READPATT": "FAST",
+             "META.OBSERVATION.DATE": "2023-06-01", "META.OBSERVATION.TIME": "00:00:00"},
+}
+
 
 #: Use-after dates, oldest first; a sample dataset (2020 and later) picks the last one.
 DATES = ("1991-01-01 00:00:00", "2002-03-01 00:00:00", "2009-06-01 00:00:00", "2016-01-01 00:00:00",
@@ -338,3 +413,11 @@ def hst(contexts: int = 2, dates: int = 2, instruments: tuple[str, ...] | None =
         size: SizeFunction = default_size, seed: int = 0) -> SampleBucket:
     """An HST bucket: ACS, WFC3 and WFPC2 rules (WFPC2's GEIS references come in pairs)."""
     return generate(HST, contexts=contexts, rows=99, dates=dates, instruments=instruments, size=size, seed=seed)
+
+
+def jwst(contexts: int = 2, detectors: int = 3, dates: int = 1, instruments: tuple[str, ...] | None = None,
+         size: SizeFunction = default_size, seed: int = 0) -> SampleBucket:
+    """A JWST bucket, for a stand-in CRDS server (no JWST S3 bucket exists): NIRCam and MIRI rules,
+    one match row per detector (up to NIRCam's 10, MIRI's 3)."""
+    return generate(JWST, contexts=contexts, rows=detectors, dates=dates, instruments=instruments, size=size,
+                    seed=seed)
