@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ExitCode.OK
         changes = launch.crds_environment(settings.location, outcome.cache.root, outcome.context,
                                           outcome.cache.mode, settings.allow_fetch,
-                                          pickled=outcome.plan.form == rules.PICKLE)
+                                          pickled=outcome.plan.form == rules.PICKLE, server=outcome.server)
         if settings.env_file:
             write_env_file(settings.env_file, launch.shell_script(changes))
             log.info("wrote the command's CRDS environment", env_file=settings.env_file)

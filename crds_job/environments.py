@@ -1,11 +1,13 @@
-"""Where each observatory's CRDS cache lives on S3.
+"""Where each observatory's CRDS files live: on S3, and on its CRDS server.
 
-The table is STScI's (the CRDS documentation, and the ``crds_s3_set`` script
+The S3 table is STScI's (the CRDS documentation, and the ``crds_s3_set`` script
 that ships with the crds client): Roman ops is the public Open Data bucket,
 Roman test/int/dev share a test bucket under per-environment prefixes, and HST
-has one bucket per environment with no prefix. JWST has no S3 cache at all.
-A private mirror overrides bucket and prefix (``CRDS_S3_BUCKET`` /
-``CRDS_S3_PREFIX``, as the crds client itself reads them).
+has one bucket per environment with no prefix. JWST has no S3 cache at all:
+its files come from its CRDS server only. A private mirror overrides bucket
+and prefix (``CRDS_S3_BUCKET`` / ``CRDS_S3_PREFIX``, as the crds client itself
+reads them). Every observatory's CRDS server serves every environment's files
+over HTTPS (``https://<obs>-crds.stsci.edu``, ``https://<obs>-crds-<env>...``).
 """
 
 from __future__ import annotations
@@ -15,17 +17,15 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-#: The observatories with a CRDS cache on S3, and their environments.
+#: The observatories crds-job warms, and their environments.
 ENVIRONMENTS: dict[str, tuple[str, ...]] = {
     "roman": ("ops", "test", "int", "dev"),
     "hst": ("ops", "test"),
+    "jwst": ("ops", "test"),
 }
 
-#: Observatories CRDS knows that have no S3 cache: a clear refusal, not "unknown".
-WITHOUT_S3 = {
-    "jwst": "STScI hosts no S3 bucket for JWST CRDS; JWST references come from "
-    "https://jwst-crds.stsci.edu over HTTP, which crds-job does not warm",
-}
+#: Observatories STScI mirrors to S3 (the others are served by their CRDS server alone).
+WITH_S3 = frozenset({"roman", "hst"})
 
 #: Buckets anyone may read: without credentials they are read unsigned, as
 #: ``crds_s3_get`` does with ``--no-sign-request`` for this bucket.
@@ -37,14 +37,23 @@ PUBLIC_BUCKETS = frozenset({"stpubdata"})
 BUCKET_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 
-def server_url(observatory: str) -> str:
+def serverless_url(observatory: str) -> str:
     """The "serverless" CRDS server URL: the client makes no JSON-RPC call to it."""
     return f"https://{observatory}-crds-serverless.stsci.edu"
 
 
+def server_url(observatory: str, environment: str) -> str:
+    """The CRDS server STScI runs for ``observatory``/``environment`` (ops: the bare name)."""
+    suffix = "" if environment == "ops" else f"-{environment}"
+    return f"https://{observatory}-crds{suffix}.stsci.edu"
+
+
 @dataclass(frozen=True)
 class Location:
-    """One observatory/environment's cache on S3, and how to name its objects."""
+    """One observatory/environment's cache on S3, and how to name its objects.
+
+    ``bucket`` is empty where there is none (JWST, unless a private mirror is named).
+    """
 
     observatory: str
     environment: str
@@ -56,8 +65,8 @@ class Location:
         return self.bucket in PUBLIC_BUCKETS
 
     @property
-    def server_url(self) -> str:
-        return server_url(self.observatory)
+    def serverless_url(self) -> str:
+        return serverless_url(self.observatory)
 
     def key(self, area: str, name: str = "") -> str:
         """The object key of ``name`` in ``area`` (config, mappings, references)."""
@@ -74,19 +83,19 @@ class Location:
 
 
 def default_location(observatory: str, environment: str) -> tuple[str, str]:
-    """The bucket and prefix STScI publishes for ``observatory``/``environment``."""
+    """The bucket and prefix STScI publishes for ``observatory``/``environment`` ("" where none)."""
     if observatory == "roman":
         if environment == "ops":
             return "stpubdata", "/roman/crds"
         return "stpubdata-tst", f"/roman/crds/{environment}"
-    return f"hst-crds-cache-{environment}", ""
+    if observatory == "hst":
+        return f"hst-crds-cache-{environment}", ""
+    return "", ""
 
 
 def check_observatory(observatory: str) -> str:
-    """Refuse an observatory without an S3 cache, saying what there is instead."""
+    """Refuse an observatory crds-job does not know, saying which it does."""
     obs = observatory.lower()
-    if obs in WITHOUT_S3:
-        raise UsageError(f"observatory {observatory!r} has no CRDS S3 cache", WITHOUT_S3[obs])
     if obs not in ENVIRONMENTS:
         raise UsageError(
             f"unknown observatory {observatory!r}",
@@ -116,7 +125,7 @@ def locate(
         )
     default_bucket, default_prefix = default_location(obs, env)
     bucket = bucket or default_bucket
-    if not BUCKET_NAME.fullmatch(bucket):
+    if bucket and not BUCKET_NAME.fullmatch(bucket):
         raise UsageError(f"{bucket!r} (CRDS_S3_BUCKET or --bucket) is not an S3 bucket name",
                          "give the bucket's name alone (letters, digits, '.', '-', '_'), without s3:// or a key")
     prefix = default_prefix if prefix is None else prefix
@@ -136,6 +145,6 @@ def _published_as(bucket: str, prefix: str) -> tuple[str, str] | None:
     """The observatory/environment whose published cache is ``bucket`` and ``prefix``, if any."""
     for obs, envs in ENVIRONMENTS.items():
         for env in envs:
-            if default_location(obs, env) == (bucket, prefix):
+            if bucket and default_location(obs, env) == (bucket, prefix):
                 return obs, env
     return None

@@ -53,10 +53,10 @@ MEANING = {
                              "file came the same wrong way at every attempt",
     ExitCode.DATASET: "an input dataset (--datasets, or found in COMMAND) is missing, unreadable, or of an "
                       "instrument the context does not cover",
-    ExitCode.S3_ACCESS: "S3 unreachable or refusing: no or expired credentials, access denied, "
-                        "no such bucket, an object missing, throttling that outlasted the retries (S3 "
-                        "unreachable with a cache already complete for the job is no failure: the command runs "
-                        "offline, unless --require-source)",
+    ExitCode.S3_ACCESS: "S3 or the CRDS server unreachable or refusing: no or expired credentials, access "
+                        "denied, no such bucket, an object missing, a server asking for a login, throttling or 5xx "
+                        "that outlasted the retries (a source unreachable with a cache already complete for the "
+                        "job is no failure: the command runs offline, unless --require-source)",
     ExitCode.INTERNAL: "a bug in crds-job (the log line carries the traceback), or crds dying while it chooses "
                        "a selective warm's references (killed, e.g. out of memory, or crashed), or killed by "
                        "SIGKILL (out of memory) while it loads a context's pickle",
@@ -100,6 +100,10 @@ class UsageError(CrdsJobError):
     """The job was asked for something that cannot be: fix the job's arguments."""
 
     exit_code = ExitCode.USAGE
+
+
+class ContextAbsent(UsageError):
+    """A pinned context the source does not hold: in auto mode, the CRDS server may."""
 
 
 class TooManyOpenFiles(UsageError):

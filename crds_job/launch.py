@@ -60,20 +60,23 @@ S3_PLUGIN = "crds_s3_get ${FILENAME} -d ${OUTPUT_PATH} -s ${FILE_SIZE} -c ${FILE
 
 
 def crds_environment(
-    location: Location, cache: str, context: str, ref_mode: str, allow_fetch: bool, pickled: bool = False
+    location: Location, cache: str, context: str, ref_mode: str, allow_fetch: bool, pickled: bool = False,
+    server: str | None = None,
 ) -> dict[str, str | None]:
     """The CRDS variables to set (str) or unset (None) for the command (for HST, also ``jref`` & co.).
 
     ``pickled``: the cache holds the context as a pickle, not as mappings. crds then loads it from
     the cache (``CRDS_USE_PICKLED_CONTEXTS``, and no ``CRDS_PICKLE_URI``, with which it would read the
     bucket's copy again, unchecked, on every run), even when it may fetch references itself.
+    ``server``: the files came from this CRDS server, which ``allow_fetch`` then lets crds read for
+    its misses (in its own server mode, with no S3 variable).
     """
     changes: dict[str, str | None] = dict.fromkeys(PATH_OVERRIDES + S3_VARIABLES)
     changes.update({
         "CRDS_PATH": cache,
         "CRDS_CONTEXT": context,
         "CRDS_OBSERVATORY": location.observatory,
-        "CRDS_SERVER_URL": location.server_url,
+        "CRDS_SERVER_URL": location.serverless_url,
     })
     if pickled:
         changes["CRDS_USE_PICKLED_CONTEXTS"] = "1"
@@ -81,7 +84,9 @@ def crds_environment(
         references = os.path.join(cache, "references", "hst", "")
         changes.update({variable: os.path.join(references, instrument, "") if ref_mode == "instrument" else references
                         for variable, instrument in HST_REFERENCE_FOLDERS.items()})
-    if allow_fetch:
+    if allow_fetch and server is not None:
+        changes.update({"CRDS_READONLY_CACHE": None, "CRDS_SERVER_URL": server})
+    elif allow_fetch:
         changes.update({
             "CRDS_READONLY_CACHE": None,
             "CRDS_MODE": "s3",

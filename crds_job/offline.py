@@ -18,8 +18,8 @@ import os
 
 from . import names
 from .cache import Cache, open_in_cache
-from .environments import Location
 from .remote import Missing, Oversized, Part
+from .source import Where
 
 #: How the log names the credentials of this source.
 CREDENTIALS = "none: the cache alone"
@@ -28,7 +28,7 @@ CREDENTIALS = "none: the cache alone"
 class CacheSource:
     """The files of one cache, read as a warm reads a bucket's."""
 
-    def __init__(self, cache: Cache, location: Location, anonymous: bool) -> None:
+    def __init__(self, cache: Cache, location: Where, anonymous: bool) -> None:
         self.location = location
         self.credentials = CREDENTIALS
         self.anonymous = anonymous  # as S3 was read before it went away: datasets named by s3:// URIs still are
@@ -61,6 +61,10 @@ class CacheSource:
         """The size of the cache's copy (a pickle's, whose size the metadata may not publish)."""
         info = self._cache.present(self._path(area, name))
         return None if info is None else info.st_size
+
+    async def name_context(self, requested: str) -> str | None:
+        """Offline, only the cache's config names contexts: a date or ``build`` needs the source."""
+        return None
 
     async def list_names(self, area: str, suffix: str) -> list[str]:
         try:

@@ -433,6 +433,10 @@ class Bucket:
             raise exc.final() from exc
         return int(response["ContentLength"])
 
+    async def name_context(self, requested: str) -> str | None:
+        """A bucket resolves no name beyond its config's (crds refuses dates in S3 mode too)."""
+        return None
+
     async def list_names(self, area: str, suffix: str) -> list[str]:
         """Names in ``area`` ending with ``suffix`` (e.g. the contexts still in the bucket); none if no such folder."""
         folder = self.location.path(area)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import names
-from .errors import BucketContentError, UsageError
+from .errors import BucketContentError, ContextAbsent, UsageError
 
 #: The object's name in config/<obs>/ (the only config object the client knows).
 NAME = "server_config"
@@ -30,7 +30,7 @@ MAX_CONFIG_BYTES = 64 * 2**20
 MAX_METADATA_BYTES = 512 * 2**20
 
 _SHA1 = re.compile(r"[0-9a-f]{40}\Z")
-_DATE_CONTEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
+DATE_CONTEXT = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,8 @@ def _fail(what: str) -> BucketContentError:
     )
 
 
-def _inflate(payload: str) -> bytes:
+def inflate(payload: str) -> bytes:
+    """A ``crds_payload`` (base64 of gzip), inflated within a bound: the client's ``crds_decode``."""
     # Line breaks, as base64.encodebytes writes them, the client's decoder skips: so do we.
     compressed = base64.b64decode("".join(payload.split()).encode("ascii"), validate=True)
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing
@@ -82,7 +83,7 @@ def decode_metadata(value: Any) -> dict[str, FileInfo]:
     """Decode ``download_metadata`` (crds_encode'd or plain) into FileInfo by name."""
     try:
         if isinstance(value, dict) and "crds_encoded" in value:
-            value = json.loads(_inflate(str(value["crds_payload"])))
+            value = json.loads(inflate(str(value["crds_payload"])))
     except (KeyError, ValueError, TypeError, binascii.Error, zlib.error, UnicodeError, RecursionError) as exc:
         raise _fail(f"download_metadata does not decode ({type(exc).__name__}: {exc})") from None
     if not isinstance(value, dict):
@@ -151,12 +152,13 @@ def resolve_context(requested: str | None, config: ServerConfig) -> str:
             raise _fail(f"its {field} {context!r} is not a {obs} .pmap name")
         return context
     assert requested is not None
+    # ContextAbsent: with --source auto, the CRDS server is asked instead.
     if key in ("build", f"{obs}-build"):
-        raise UsageError(f"context {requested!r} needs a CRDS server to resolve",
-                         "pin a literal .pmap with --context or CRDS_CONTEXT")
-    if _DATE_CONTEXT.search(requested):
-        raise UsageError(f"date-based context {requested!r} cannot be resolved from S3 (crds refuses it too)",
-                         "pin a literal .pmap with --context or CRDS_CONTEXT")
+        raise ContextAbsent(f"context {requested!r} needs a CRDS server to resolve",
+                            "pin a literal .pmap with --context or CRDS_CONTEXT, or read a server (--source)")
+    if DATE_CONTEXT.search(requested):
+        raise ContextAbsent(f"date-based context {requested!r} cannot be resolved from S3 (crds refuses it too)",
+                            "pin a literal .pmap with --context or CRDS_CONTEXT, or read a server (--source)")
     if not names.is_context_name(requested, obs):
         raise UsageError(f"context {requested!r} is not a {obs} .pmap name",
                          f"use e.g. {obs}_0042.pmap, latest or {obs}-operational")

@@ -79,6 +79,13 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.lower() for item in re.split(r"[,\s]+", text.strip()) if item)
 
 
+def parse_url(text: str) -> str:
+    """An http(s) URL, without a trailing slash (the protocol's paths are appended to it)."""
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise ValueError(f"expected an http:// or https:// URL, got {text[:80]!r}")
+    return text.rstrip("/")
+
+
 def parse_paths(text: str) -> tuple[str, ...]:
     """Read ``a.fits,s3://b/c.asdf`` as paths or URLs: commas or newlines, case kept."""
     return tuple(item.strip() for item in re.split(r"[,\n]+", text) if item.strip())
@@ -137,14 +144,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_fetch", "let the command's crds fetch cache misses from S3 "
            "(default: the command runs offline from the cache)",
            parse=parse_bool, default=False, flag_value=True),
-    Option("require_source", "fail (exit 69) when S3 cannot be reached, even where the cache is already "
-           "complete for the context asked for (default: then warn and run the command offline)",
+    Option("require_source", "fail (exit 69) when the source (S3, the CRDS server) cannot be reached, even "
+           "where the cache is already complete for the context asked for (default: then warn and run the "
+           "command offline)",
            parse=parse_bool, default=False, flag_value=True),
     Option("pickles", "where the bucket holds a context as a pickle and no mappings (STScI's HST buckets), "
            "let the crds library load it, in a child process and in the command; --no-pickles refuses "
            "such a bucket (a pickle is code when loaded)", parse=parse_bool, default=True),
     Option("ref_subdir_mode", "reference layout of a new cache (an existing cache keeps its own)",
            crds_env="CRDS_REF_SUBDIR_MODE", choices=("flat", "instrument")),
+    Option("source", "where files come from: s3 (the bucket), server (the observatory's CRDS server, over "
+           "HTTPS), or auto: the bucket where there is one and it holds the context, else the server",
+           default="auto", choices=("auto", "s3", "server")),
+    Option("server", "the CRDS server to read (default: CRDS_SERVER_URL unless it is a 'serverless' one, "
+           "else STScI's for OBSERVATORY/ENVIRONMENT)", crds_env="CRDS_SERVER_URL",
+           metavar="URL"),
     Option("bucket", "S3 bucket of a private mirror (default: STScI's for OBSERVATORY/ENVIRONMENT)",
            crds_env="CRDS_S3_BUCKET", metavar="NAME"),
     Option("prefix", "key prefix in that bucket, e.g. /roman/crds ('/' for none)",
@@ -194,6 +208,8 @@ class Settings:
     require_source: bool
     pickles: bool
     ref_subdir_mode: str | None
+    source: str
+    server: str | None
     bucket: str | None
     prefix: str | None
     env_file: str | None
@@ -208,15 +224,27 @@ class Settings:
     def location(self) -> environments.Location:
         return environments.locate(self.observatory, self.environment, self.bucket, self.prefix)
 
+    @property
+    def server_url(self) -> str:
+        """The CRDS server this job would read: as set, else STScI's."""
+        return self.server or environments.server_url(self.observatory, self.environment)
+
     def doubts(self) -> list[str]:
         """Values that are valid but most likely not what was meant: said in the log, not refused.
 
         A bare number is bytes, so ``--memory-budget 64`` (64 MiB meant) lets one
         byte range of 64 bytes at a time through: a warm of hours, not seconds.
         """
-        return [f"{OPTION_BY_NAME[name].flag} is {getattr(self, name)} bytes: a bare number counts bytes "
-                f"(write {getattr(self, name)}MiB for mebibytes)"
-                for name in ("part_size", "memory_budget") if getattr(self, name) < TINY_BYTES]
+        doubts = [f"{OPTION_BY_NAME[name].flag} is {getattr(self, name)} bytes: a bare number counts bytes "
+                  f"(write {getattr(self, name)}MiB for mebibytes)"
+                  for name in ("part_size", "memory_budget") if getattr(self, name) < TINY_BYTES]
+        if self.sources.get("server", "").endswith("(ignored: not a URL)"):
+            doubts.append("CRDS_SERVER_URL is not a URL: ignored, STScI's CRDS server is read if a server is needed")
+        stscis = environments.server_url(self.observatory, self.environment)
+        if self.server and ".stsci.edu" in self.server and self.server != stscis:
+            doubts.append(f"the CRDS server set ({self.server}, from {self.sources.get('server')}) is not STScI's "
+                          f"for {self.observatory} {self.environment}, {stscis}")
+        return doubts
 
     def describe(self) -> dict[str, Any]:
         """The settings as logged at start-up, with where each value came from."""
@@ -300,7 +328,7 @@ def _resolve(option: Option, argv_value: Any, environ: Mapping[str, str]) -> tup
 
 
 def _is_observatory(token: str) -> bool:
-    return token.lower() in environments.ENVIRONMENTS or token.lower() in environments.WITHOUT_S3
+    return token.lower() in environments.ENVIRONMENTS
 
 
 def _split_positionals(
@@ -383,6 +411,11 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
         values["context"] = values["context"].strip()
     values["cache"] = os.path.abspath(os.path.expanduser(values["cache"]))
     values["datasets"] = tuple(_expanded(path, environ) for path in values["datasets"])
+    values["server"], sources["server"] = _server(values["server"], sources["server"], values["source"] == "server"
+                                                  or not (location.bucket or values["bucket"]))
+    if values["source"] == "s3" and not location.bucket and not values["bucket"]:
+        raise UsageError(f"{location.observatory} has no CRDS cache on S3, and --source s3 asks for one",
+                         "drop --source (its CRDS server is then read), or name a mirror with --bucket")
     clashes = {("fsync_each", "fsync"): values["fsync_each"] and not values["fsync"],
                ("mappings_only", "all_references"): values["mappings_only"] and values["all_references"]}
     for pair, clash in clashes.items():
@@ -402,6 +435,28 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
         sources=sources,
         **values,
     )
+
+
+def _server(url: str | None, source: str, read: bool) -> tuple[str | None, str]:
+    """The CRDS server set, checked, and where it came from; ``read``: it is surely read (else only
+    if a bucket lacks a pinned context). The crds client's own ``CRDS_SERVER_URL`` is whatever an image
+    or crds_s3_set left set: a 'serverless' one names no server, and one that is no URL stops a job
+    only if it reads a server (said in the log otherwise)."""
+    if url is None:
+        return None, source
+    own = source == "CRDS_SERVER_URL"
+    if "serverless" in url:
+        if own:  # what an offline crds is given: crds-job's own, or crds_s3_set's
+            return None, "default"
+        raise UsageError(f"--server {url} (from {source}) is a 'serverless' URL, which the crds protocol "
+                         "reserves for no server at all", "name a real CRDS server, or leave it out for STScI's")
+    try:
+        return parse_url(url), source
+    except ValueError as exc:
+        if own and not read:
+            return None, f"{source} (ignored: not a URL)"
+        raise UsageError(f"bad value for --server (from {source}): {exc}",
+                         "name a CRDS server by its URL, e.g. https://jwst-crds.stsci.edu") from None
 
 
 def _as_given(name: str, value: Any) -> str:

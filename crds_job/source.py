@@ -1,21 +1,31 @@
 """What a warm reads its files from: the one small interface of every source.
 
-``remote.Bucket`` (S3, through s3fs) is the source; ``offline.CacheSource``
-(the cache's own copies) stands in for it when S3 cannot be reached. A warm
-reads a source's objects by area (``config``, ``mappings``, ``pickles``,
-``references``) and name, and nothing else of it.
+``remote.Bucket`` (S3, through s3fs) and ``crds_server.ServerSource`` (a CRDS
+server over HTTPS, through fsspec's HTTP filesystem) are the sources;
+``offline.CacheSource`` (the cache's own copies) stands in for either when it
+cannot be reached. A warm reads a source's objects by area (``config``,
+``mappings``, ``pickles``, ``references``) and name, and nothing else of it.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from .environments import Location
 from .remote import Part
 
 
+class Where(Protocol):
+    """Where a source's files are, as messages name them."""
+
+    observatory: str
+    environment: str
+
+    def uri(self, area: str, name: str = "") -> str:
+        """The address of ``name`` in ``area`` (of the area itself without a name)."""
+
+
 class Source(Protocol):
-    location: Location
+    location: Where
     credentials: str  # how requests are signed, for the log: never a secret
     anonymous: bool  # whether requests go unsigned, as datasets named by s3:// URIs are then read
 
@@ -31,3 +41,7 @@ class Source(Protocol):
 
     async def list_names(self, area: str, suffix: str) -> list[str]:
         """The names in ``area`` ending with ``suffix``."""
+
+    async def name_context(self, requested: str) -> str | None:
+        """The literal .pmap for a name only this source can resolve (a date, ``build``), else None:
+        the config's own names (``latest``...) are resolved from the config, by ``server_config``."""

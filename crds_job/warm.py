@@ -23,12 +23,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bestrefs, datasets, launch, mapping, offline, plan, rules, scratch, server_config
+from . import bestrefs, crds_server, datasets, launch, mapping, offline, plan, rules, scratch, server_config
 from .cache import MODE_FILE, Cache, FileId, file_id, open_in_cache, sha1_of
 from .durability import Durability
 from .errors import (
     BucketContentError,
     CacheError,
+    ContextAbsent,
     CrdsJobError,
     DatasetError,
     IntegrityError,
@@ -39,7 +40,7 @@ from .fetch import Fetcher, fetch_all
 from .progress import Progress, report_periodically
 from .remote import Bucket, Denied, Missing, Unreachable
 from .settings import Settings
-from .source import Source
+from .source import Source, Where
 
 BAD_FILES = "bad_files.txt"
 #: A mapping is text of a few kB to a few MB; far more is not a mapping.
@@ -60,7 +61,8 @@ class Outcome:
     unchecked_sha1: list[str] = field(default_factory=list)
     selection: datasets.Selection = datasets.Selection((), "none")
     choices: list[bestrefs.Choice] = field(default_factory=list)
-
+    source: str = ""  # where the files came from (a bucket's or a server's address), for the report
+    server: str | None = None  # the CRDS server's URL, where the files came from one
     def report(self) -> dict[str, Any]:
         """The plan as ``--dry-run`` prints it: every file, its bytes, whether it is cached."""
         missing = {entry.name for entry in self.to_fetch}
@@ -81,8 +83,9 @@ class Outcome:
         return {
             "observatory": location.observatory,
             "environment": location.environment,
-            "bucket": location.bucket,
-            "prefix": location.prefix,
+            "source": self.source,
+            "bucket": location.bucket if self.server is None else None,
+            "prefix": location.prefix if self.server is None else None,
             "context": self.context,
             "rules": self.plan.form,
             "cache": self.cache.root,
@@ -159,11 +162,13 @@ class _Warm:
         does for a missing object where the job may not list, so that absence is a guess."""
         location = self.bucket.location
         there = await self.contexts_there()
-        where = f"{location.uri('mappings')} nor in {location.uri(rules.PICKLE_AREA)}"
+        where = location.uri("mappings")
+        if not isinstance(self.bucket, crds_server.ServerSource):  # a server serves contexts as mappings only
+            where += f" nor in {location.uri(rules.PICKLE_AREA)}"
         if refused:
             where += " (S3 refused the job a look at its pickle: allow s3:ListBucket there to be sure)"
         if pinned:
-            return UsageError(f"context {context} is not in {where} (contexts there: {there})",
+            return ContextAbsent(f"context {context} is not in {where} (contexts there: {there})",
                               "pin one of those with --context or CRDS_CONTEXT, or leave it unset for the latest")
         # Final (65), which job runners do not retry: so the advice is not to run it again later.
         return BucketContentError(f"the bucket's latest context {context} is not in {where} (contexts there: {there})",
@@ -342,7 +347,7 @@ class _Warm:
                        listing: bool) -> bestrefs.Answer:
         """The real crds's best references for each dataset, from the verified rules, offline; and,
         with ``listing``, every reference the context names (what only crds can read in a pickle)."""
-        location = self.bucket.location
+        location = self.settings.location  # for the child's offline crds: its observatory, no source
         pickle = the_rules.files[0] if the_rules.pickled else None
         handed = None  # the cached copy of the pickle crds is given: the one to remove if it cannot load it
         if pickle is not None and pickle not in self.unwritten:
@@ -462,14 +467,44 @@ async def warm(settings: Settings, log: Any) -> Outcome:
     if not settings.dry_run:  # before anything in the cache is read, even its layout
         await durability.recover(log)
     cache = Cache.open(settings.cache, location.observatory, settings.ref_subdir_mode)
+    if settings.source == "server" or (settings.source == "auto" and not location.bucket):
+        return await _from_server(settings, cache, durability, log)
     bucket = Bucket(location, settings.concurrency, settings.retries)
     try:
         async with bucket:
             return await _attempt(settings, bucket, cache, durability, log)
+    except ContextAbsent as absent:
+        if settings.source != "auto":
+            raise
+        log.warning("the bucket does not hold the context asked for: warming it from the CRDS server",
+                    context=settings.context, server=settings.server_url, bucket=location.uri(""))
+        try:
+            return await _from_server(settings, cache, Durability.choose(settings.cache, settings.fsync,
+                                                                         settings.fsync_each), log)
+        except ContextAbsent as also:  # the server's list is the one to show: it holds more than the bucket
+            raise also from absent
+        except Unreachable as failure:  # both facts: a typo'd context looks just like this
+            raise Unreachable(f"{absent.what}, and the CRDS server, which may hold it, could not be reached: "
+                              f"{failure.what}", "check the context's name; if it is right, let the job reach "
+                              f"{settings.server_url} (HTTPS egress), or run it again later") from None
     except Unreachable as failure:
         if settings.require_source:
             raise
-        return await _offline(settings, failure, bucket.anonymous, log)
+        return await _offline(settings, failure, bucket.anonymous, location, log)
+
+
+async def _from_server(settings: Settings, cache: Cache, durability: Durability, log: Any) -> Outcome:
+    """The warm from the observatory's CRDS server (or the cache alone, through its outage)."""
+    where = crds_server.ServerLocation(settings.observatory, settings.environment, settings.server_url)
+    try:
+        async with crds_server.ServerSource(where, settings.concurrency) as server:
+            outcome = await _attempt(settings, server, cache, durability, log)
+    except Unreachable as failure:
+        if settings.require_source:
+            raise
+        outcome = await _offline(settings, failure, False, where, log)
+    outcome.server = where.url  # offline too: --allow-fetch gives the command this server for its misses
+    return outcome
 
 
 async def _attempt(settings: Settings, source: Source, cache: Cache, durability: Durability, log: Any,
@@ -482,13 +517,13 @@ async def _attempt(settings: Settings, source: Source, cache: Cache, durability:
         job.durability.close()
 
 
-async def _offline(settings: Settings, failure: Unreachable, anonymous: bool, log: Any) -> Outcome:
+async def _offline(settings: Settings, failure: Unreachable, anonymous: bool, where: Where, log: Any) -> Outcome:
     """The warm again, from the cache alone and without writing it; S3's ``failure`` if the cache cannot
     stand in for it. ``anonymous``: how S3 was read, which is how datasets named by s3:// URIs are read."""
     log.warning("source unreachable: checking whether the cache is complete without it", error=str(failure))
     cache = Cache.open(settings.cache, settings.location.observatory, settings.ref_subdir_mode)
     durability = Durability.choose(settings.cache, settings.fsync, settings.fsync_each)
-    source = offline.CacheSource(cache, settings.location, anonymous)
+    source = offline.CacheSource(cache, where, anonymous)
     try:
         outcome = await _attempt(settings, source, cache, durability, log, offline=True)
     except Interrupted:
@@ -520,9 +555,13 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         if removed:
             log.info("removed temporary files left by an interrupted job", count=removed)
     config = await job.read_config()
-    context = server_config.resolve_context(settings.context, config)
+    named = None
+    if settings.context:  # a name only the source resolves (a date, build): one more request, retried
+        asked = plan.Entry(name=f"context {settings.context}", kind="config", size=-1, sha1="")
+        named = await job.fetcher.with_retries(asked, lambda _tries: job.bucket.name_context(settings.context))
+    context = server_config.resolve_context(named or settings.context, config)
     log.info("context resolved", context=context, requested=settings.context,
-             bucket=job.bucket.location.uri(""), credentials=job.bucket.credentials)
+             source=job.bucket.location.uri(""), credentials=job.bucket.credentials)
     the_rules = await job.load_rules(context, config, pinned=bool(settings.context))
     if selection.not_found:
         log.info("command arguments named like datasets but not files: taken as outputs",
@@ -551,7 +590,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     unchecked = [entry.name for entry in the_plan.entries if not entry.sha1]
     outcome = Outcome(settings=settings, cache=cache, context=context, plan=the_plan,
                       to_fetch=to_fetch, progress=progress, unchecked_sha1=unchecked,
-                      selection=selection, choices=choices)
+                      selection=selection, choices=choices, source=job.bucket.location.uri(""))
     progress.files_total, progress.bytes_total = len(the_plan.entries), the_plan.total_bytes
     log.info("plan", context=context, rules=the_plan.form, mappings=the_plan.mapping_files,
              pickles=the_plan.pickles,

@@ -1,11 +1,13 @@
 # AWS Batch job definition for crds-job: the IAM role that may read only the CRDS cache of one
 # observatory/environment, an execution role, a log group, and the job definition itself.
+# JWST has no S3 cache: its job reads its public CRDS server, and its role may read no bucket.
 
 data "aws_region" "current" {}
 data "aws_partition" "current" {}
 
 locals {
-  # STScI's CRDS caches on S3 (crds_job/environments.py; a test keeps the two equal).
+  # STScI's CRDS caches on S3 (crds_job/environments.py; a test keeps the two equal). JWST has
+  # none: bucket "" (its CRDS server, https://jwst-crds[-test].stsci.edu, is its only source).
   caches = {
     roman = {
       ops  = { bucket = "stpubdata", prefix = "roman/crds" }
@@ -17,10 +19,20 @@ locals {
       ops  = { bucket = "hst-crds-cache-ops", prefix = "" }
       test = { bucket = "hst-crds-cache-test", prefix = "" }
     }
+    jwst = {
+      ops  = { bucket = "", prefix = "" }
+      test = { bucket = "", prefix = "" }
+    }
   }
   default_cache = local.caches[var.observatory][var.environment]
   bucket        = var.bucket != "" ? var.bucket : local.default_cache.bucket
   prefix        = trim(var.prefix != null ? var.prefix : local.default_cache.prefix, "/")
+  # No bucket (JWST, unless a private mirror is named): no S3 permission, the CRDS server only.
+  reads_s3 = local.bucket != ""
+  job_role_description = (local.reads_s3
+    ? "crds-job: read the CRDS cache of ${var.observatory} ${var.environment} on S3"
+    : "crds-job: ${var.observatory} ${var.environment} from its CRDS server, no S3 access"
+  )
 
   # The job may read this observatory's CRDS cache, nothing else: its config, its mappings or pickles
   # (STScI's HST buckets hold contexts as pickles, without mappings), its references.
@@ -36,12 +48,15 @@ locals {
     var.context != "" ? { CRDS_JOB_CONTEXT = var.context } : {},
     var.bucket != "" ? { CRDS_JOB_BUCKET = var.bucket } : {},
     var.prefix != null ? { CRDS_JOB_PREFIX = var.prefix == "" ? "/" : var.prefix } : {}, # "" would be unset
+    # auto would come to the server too; said, so the job never tries S3 with a role that reads none.
+    local.reads_s3 ? {} : { CRDS_JOB_SOURCE = "server" },
+    var.server != "" ? { CRDS_JOB_SERVER = var.server } : {},
     var.settings,
   )
 
   command = concat([var.observatory, var.environment], length(var.command) > 0 ? concat(["--"], var.command) : [])
 
-  # crds-job's exit codes (crds_job/errors.py): S3 access (69) and integrity (74) may pass.
+  # crds-job's exit codes (crds_job/errors.py): S3 or CRDS server access (69) and integrity (74) may pass.
   retryable_exit_codes = ["69", "74"]
 
   fargate = var.platform == "FARGATE"
@@ -74,6 +89,7 @@ data "aws_iam_policy_document" "assume_ecs_tasks" {
 }
 
 data "aws_iam_policy_document" "read_crds_cache" {
+  count = local.reads_s3 ? 1 : 0
   statement {
     sid       = "ReadCrdsFiles"
     actions   = ["s3:GetObject"]
@@ -99,15 +115,22 @@ resource "aws_cloudwatch_log_group" "this" {
 
 resource "aws_iam_role" "job" {
   name               = "${var.name}-job"
-  description        = "crds-job: read the CRDS cache of ${var.observatory} ${var.environment} on S3"
+  description        = local.job_role_description
   assume_role_policy = data.aws_iam_policy_document.assume_ecs_tasks.json
   tags               = var.tags
 }
 
 resource "aws_iam_role_policy" "read_crds_cache" {
+  count  = local.reads_s3 ? 1 : 0
   name   = "read-crds-cache"
   role   = aws_iam_role.job.id
-  policy = data.aws_iam_policy_document.read_crds_cache.json
+  policy = data.aws_iam_policy_document.read_crds_cache[0].json
+}
+
+# The policy had no count before JWST: an existing roman/hst deployment keeps it, not replaces it.
+moved {
+  from = aws_iam_role_policy.read_crds_cache
+  to   = aws_iam_role_policy.read_crds_cache[0]
 }
 
 data "aws_iam_policy_document" "use_data_efs" {

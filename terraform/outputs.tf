@@ -9,7 +9,7 @@ output "job_definition_name" {
 }
 
 output "job_role_arn" {
-  description = "Role of the running job: read-only access to the CRDS cache on S3."
+  description = "Role of the running job: read-only access to the CRDS cache on S3 (none for JWST)."
   value       = aws_iam_role.job.arn
 }
 
@@ -24,8 +24,8 @@ output "log_group_name" {
 }
 
 output "s3_location" {
-  description = "The CRDS cache the job reads."
-  value       = "s3://${local.bucket}/${local.prefix}"
+  description = "The CRDS cache the job reads on S3; null where there is none (JWST: its CRDS server)."
+  value       = local.reads_s3 ? "s3://${local.bucket}/${local.prefix}" : null
 }
 
 output "environment" {

@@ -10,25 +10,25 @@ variable "name" {
 }
 
 variable "observatory" {
-  description = "CRDS observatory whose S3 cache the job reads: roman or hst (JWST has no S3 cache)."
+  description = "CRDS observatory whose cache the job warms: roman or hst (from S3), jwst (from its CRDS server: no S3 cache)."
   type        = string
 
   validation {
-    condition     = contains(["roman", "hst"], var.observatory)
-    error_message = "observatory must be roman or hst; STScI hosts no S3 cache for JWST."
+    condition     = contains(["roman", "hst", "jwst"], var.observatory)
+    error_message = "observatory must be roman, hst or jwst."
   }
 }
 
 variable "environment" {
-  description = "CRDS environment: roman ops/test/int/dev, hst ops/test."
+  description = "CRDS environment: roman ops/test/int/dev, hst ops/test, jwst ops/test."
   type        = string
 
   validation {
     condition = contains(
-      lookup({ roman = ["ops", "test", "int", "dev"], hst = ["ops", "test"] }, var.observatory, []),
+      lookup({ roman = ["ops", "test", "int", "dev"], hst = ["ops", "test"], jwst = ["ops", "test"] }, var.observatory, []),
       var.environment,
     )
-    error_message = "environment must be one of ops, test, int, dev for roman, ops or test for hst."
+    error_message = "environment must be one of ops, test, int, dev for roman, ops or test for hst and jwst."
   }
 }
 
@@ -72,6 +72,17 @@ variable "prefix" {
   default     = null
 }
 
+variable "server" {
+  description = "CRDS server to read, where the job reads one (JWST; a context its bucket no longer holds); empty: STScI's for observatory/environment."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.server == "" || can(regex("^https?://[^\\s/]+(/\\S*)?$", var.server))
+    error_message = "server is an http:// or https:// URL, e.g. https://jwst-crds.stsci.edu."
+  }
+}
+
 variable "platform" {
   description = "AWS Batch platform capability: FARGATE or EC2."
   type        = string
@@ -107,7 +118,7 @@ variable "ephemeral_storage_gib" {
 }
 
 variable "attempts" {
-  description = "Attempts of a job: S3 (exit 69) and integrity (exit 74) failures are retried, nothing else."
+  description = "Attempts of a job: S3 or CRDS server (exit 69) and integrity (exit 74) failures are retried, nothing else."
   type        = number
   default     = 3
 

@@ -37,8 +37,8 @@ def only_error(run) -> str:
 @pytest.mark.parametrize("args, code, words", [
     (["mars", "ops"], ExitCode.USAGE, "unknown observatory 'mars'"),
     (["roman", "prod"], ExitCode.USAGE, "unknown environment 'prod' for roman; use one of: ops, test, int, dev"),
-    (["jwst", "ops"], ExitCode.USAGE, "STScI hosts no S3 bucket for JWST"),
-    (["roman", "ops", "--context", "roman-2024-01-01"], ExitCode.USAGE, "date-based context"),
+    (["jwst", "ops", "--source", "s3"], ExitCode.USAGE, "jwst has no CRDS cache on S3, and --source s3 asks"),
+    (["roman", "ops", "--source", "s3", "--context", "roman-2024-01-01"], ExitCode.USAGE, "date-based context"),
     (["roman", "ops", "--bucket", "s3://my-mirror/crds"], ExitCode.USAGE,
      "'s3://my-mirror/crds' (CRDS_S3_BUCKET or --bucket) is not an S3 bucket name"),
 ])
@@ -102,7 +102,7 @@ def test_the_public_bucket_is_read_anonymously_without_credentials(s3, tmp_path)
     run = bucket.run("roman", "ops", env=env)
     assert run.returncode == 0, run.stderr
     assert run.event("context resolved")["credentials"] == "anonymous"
-    assert run.event("context resolved")["bucket"] == "s3://stpubdata/roman/crds/roman"
+    assert run.event("context resolved")["source"] == "s3://stpubdata/roman/crds/roman"
 
 
 def test_an_aws_profile_that_does_not_exist(roman_bucket):

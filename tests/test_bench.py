@@ -174,3 +174,16 @@ def test_the_linearity_mixes_have_4_and_16_times_the_references_and_the_same_map
     assert references == {1: references[1], 4: 4 * references[1], 16: 16 * references[1]}
     assert references[1] >= mix.files
     assert len({frozenset(s.mappings) for s in samples.values()}) == 1
+
+
+def test_the_server_benchmark_runs_and_prints_its_table(tmp_path):
+    pytest.importorskip("crds", reason="the baseline is the real crds client in its server mode")
+    out = tmp_path / "results.md"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench/crds_server.py"), "--quick", "--delays", "0.01",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out.read_text()
+    for row in ("| 0 ms | crds-job --source server | 1 |", "| 0 ms | crds sync (server mode) | 1 |",
+                "| 10 ms | crds-job --source server |", "crds sync / crds-job = "):
+        assert row in report, row
+    assert report.strip() == done.stdout.strip()

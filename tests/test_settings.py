@@ -52,7 +52,7 @@ def test_every_option_has_a_twin_that_works():
         "verify_existing": "true", "allow_fetch": "on", "ref_subdir_mode": "instrument", "bucket": "b",
         "prefix": "/p", "env_file": "/e", "fsync": "on", "fsync_each": "1", "progress_interval": "0.5",
         "log_format": "console", "log_level": "debug", "all_references": "0",  # (1 would clash with the others)
-        "pickles": "off", "require_source": "yes",
+        "pickles": "off", "require_source": "yes", "source": "server", "server": "http://127.0.0.1:1/",
     }
     # --datasets excludes the whole-context options set here: its twin is tested in test_datasets.
     assert set(values) | {"datasets"} == {option.name for option in settings.OPTIONS}
@@ -63,6 +63,7 @@ def test_every_option_has_a_twin_that_works():
     assert s.all_references is False and s.pickles is False and s.require_source is True
     assert parse(["roman", "ops"]).pickles is True and parse(["roman", "ops", "--no-pickles"]).pickles is False
     assert s.instruments == ("wfi",) and s.mappings_only and s.allow_fetch and s.progress_interval == 0.5
+    assert s.source == "server" and s.server_url == "http://127.0.0.1:1"
 
 
 def test_settings_fields_are_exactly_the_options():
@@ -72,7 +73,9 @@ def test_settings_fields_are_exactly_the_options():
 
 
 @pytest.mark.parametrize("argv, env, message", [
-    (["jwst", "ops"], {}, "no CRDS S3 cache"),
+    (["jwst", "ops", "--source", "s3"], {}, "jwst has no CRDS cache on S3, and --source s3 asks for one"),
+    (["jwst", "ops", "--server", "jwst-crds.stsci.edu"], {}, "expected an http:// or https:// URL"),
+    (["jwst", "ops", "--server", "https://jwst-crds-serverless.stsci.edu"], {}, "is a 'serverless' URL"),
     (["roman", "prod"], {}, "unknown environment 'prod' for roman"),
     (["hst", "int"], {}, "unknown environment 'int' for hst"),
     (["strun", "x"], {}, "unknown observatory 'strun'"),
@@ -176,3 +179,25 @@ def test_a_size_most_likely_meant_in_mib_is_doubted_not_refused():
     assert s.memory_budget == 64
     assert s.doubts() == ["--memory-budget is 64 bytes: a bare number counts bytes (write 64MiB for mebibytes)"]
     assert parse(["roman", "ops", "--part-size", "64KiB", "--memory-budget", "512KiB"]).doubts() == []
+
+
+def test_the_crds_server_is_crds_own_variable_unless_serverless():
+    assert parse(["jwst", "ops"]).server_url == "https://jwst-crds.stsci.edu"
+    assert parse(["jwst", "test"]).server_url == "https://jwst-crds-test.stsci.edu"
+    mine = parse(["jwst", "ops"], CRDS_SERVER_URL="http://127.0.0.1:8080/")
+    assert mine.server_url == "http://127.0.0.1:8080" and mine.sources["server"] == "CRDS_SERVER_URL"
+    # What crds-job (or crds_s3_set) exports for an offline crds names no server: STScI's is read.
+    offline = parse(["roman", "ops"], CRDS_SERVER_URL="https://roman-crds-serverless.stsci.edu")
+    assert offline.server_url == "https://roman-crds.stsci.edu" and offline.sources["server"] == "default"
+    assert parse(["roman", "ops"]).source == "auto" and parse(["roman", "ops"], CRDS_JOB_SOURCE="server").source \
+        == "server"
+
+
+def test_crds_own_server_variable_stops_a_job_only_if_it_reads_a_server():
+    roman = parse(["roman", "ops"], CRDS_SERVER_URL="jwst-crds.stsci.edu")  # no scheme: not a URL
+    assert roman.server is None and any("CRDS_SERVER_URL is not a URL" in doubt for doubt in roman.doubts())
+    with pytest.raises(UsageError, match="bad value for --server"):
+        parse(["jwst", "ops"], CRDS_SERVER_URL="jwst-crds.stsci.edu")
+    other = parse(["jwst", "test"], CRDS_SERVER_URL="https://jwst-crds.stsci.edu")
+    assert any("is not STScI's for jwst test, https://jwst-crds-test.stsci.edu" in d for d in other.doubts())
+    assert not parse(["jwst", "ops"], CRDS_SERVER_URL="https://jwst-crds.stsci.edu").doubts()

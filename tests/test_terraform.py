@@ -99,11 +99,15 @@ def resources(planned: dict) -> dict[str, dict]:
     return {r["address"].removeprefix("module.crds_job."): r["values"] for r in module["resources"]}
 
 
+#: The job role's S3 policy: one where there is a bucket to read (count), none for JWST.
+READ_POLICY = "aws_iam_role_policy.read_crds_cache[0]"
+
+
 @needs_provider
 @pytest.mark.parametrize("observatory, environment", [("roman", "ops"), ("roman", "int"), ("hst", "test")])
 def test_the_job_role_reads_exactly_its_cache(tmp_path, observatory, environment):
     planned = plan(tmp_path, observatory=observatory, environment=environment, image="crds-job:0.1.0")
-    policy = json.loads(resources(planned)["aws_iam_role_policy.read_crds_cache"]["policy"])
+    policy = json.loads(resources(planned)[READ_POLICY]["policy"])
     where = environments.locate(observatory, environment)
     folders = sorted(where.key(area) for area in cache.AREAS)
     assert where.key("pickles") in folders, "HST's buckets hold pickles, not mappings"
@@ -117,6 +121,31 @@ def test_the_job_role_reads_exactly_its_cache(tmp_path, observatory, environment
     environment_values = outputs["environment"]["value"]
     assert environment_values["CRDS_JOB_OBSERVATORY"] == observatory
     assert set(environment_values) <= set(settings.env_names())
+    assert "CRDS_JOB_SOURCE" not in environment_values, "auto, as before the CRDS server was a source"
+
+
+@needs_provider
+@pytest.mark.parametrize("environment", environments.ENVIRONMENTS["jwst"])
+def test_a_server_only_observatory_gets_no_s3_access_and_reads_its_server(tmp_path, environment):
+    """JWST has no bucket: the job reads its public CRDS server, and its role may read no S3 at all."""
+    assert "jwst" not in environments.WITH_S3
+    planned = plan(tmp_path, observatory="jwst", environment=environment, image="crds-job:0.1.0")
+    found = resources(planned)
+    assert READ_POLICY not in found and not any("read_crds_cache" in address for address in found)
+    assert "aws_iam_role.job" in found and "aws_batch_job_definition.this" in found
+    outputs = planned["planned_values"]["outputs"]
+    assert outputs["command"]["value"] == ["jwst", environment]
+    environment_values = outputs["environment"]["value"]
+    assert set(environment_values) <= set(settings.env_names())
+    # What crds-job makes of that environment: no bucket, STScI's server for jwst/<environment>.
+    parsed = settings.parse([], environment_values)
+    assert parsed.source == "server" and not parsed.location.bucket
+    assert parsed.server_url == environments.server_url("jwst", environment)
+    # Another server (a mirror, a proxy) is passed as the job's setting.
+    planned = plan(tmp_path / "mirror", observatory="jwst", environment=environment, image="crds-job:0.1.0",
+                   server="https://crds.example.org/jwst/")
+    parsed = settings.parse([], planned["planned_values"]["outputs"]["environment"]["value"])
+    assert parsed.server_url == "https://crds.example.org/jwst"
 
 
 @needs_provider
@@ -128,7 +157,7 @@ def test_a_private_mirrors_role_reads_exactly_what_the_job_reads(tmp_path, prefi
     environment_values = planned["planned_values"]["outputs"]["environment"]["value"]
     where = settings.parse([], environment_values).location
     assert (where.bucket, where.prefix) == ("my-mirror", "/" + prefix.strip("/") if prefix.strip("/") else "")
-    policy = json.loads(resources(planned)["aws_iam_role_policy.read_crds_cache"]["policy"])
+    policy = json.loads(resources(planned)[READ_POLICY]["policy"])
     get, _ = policy["Statement"]
     assert sorted(get["Resource"]) == sorted(f"arn:aws:s3:::my-mirror/{where.key(area)}/*"
                                              for area in cache.AREAS)
@@ -152,8 +181,10 @@ def test_retries_are_crds_jobs_retryable_exit_codes_only(tmp_path):
 
 @needs_provider
 @pytest.mark.parametrize("args, message", [
-    ({"observatory": "jwst", "environment": "ops"}, "no S3 cache for JWST"),
+    ({"observatory": "euclid", "environment": "ops"}, "observatory must be roman, hst or jwst"),
     ({"observatory": "hst", "environment": "int"}, "environment must be one of"),
+    ({"observatory": "jwst", "environment": "dev"}, "environment must be one of"),
+    ({"observatory": "jwst", "environment": "ops", "server": "jwst-crds.stsci.edu"}, "server is an http"),
     ({"observatory": "roman", "environment": "ops", "settings": {"AWS_SECRET_ACCESS_KEY": "x"}}, "CRDS_JOB_"),
 ])
 def test_variables_refuse_what_crds_job_would_refuse(tmp_path, args, message):
@@ -162,9 +193,12 @@ def test_variables_refuse_what_crds_job_would_refuse(tmp_path, args, message):
 
 
 def test_the_bucket_table_is_the_codes():
+    """Every observatory/environment crds-job knows, with STScI's bucket; "" where there is none (JWST)."""
     caches = main_locals()["caches"]
+    assert set(caches) == set(environments.ENVIRONMENTS)
     for observatory, envs in environments.ENVIRONMENTS.items():
         assert set(caches[observatory]) == set(envs)
+        assert all(caches[observatory][env]["bucket"] for env in envs) == (observatory in environments.WITH_S3)
         for environment in envs:
             where = environments.locate(observatory, environment)
             assert caches[observatory][environment] == {"bucket": where.bucket, "prefix": where.prefix.strip("/")}

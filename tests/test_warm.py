@@ -431,7 +431,7 @@ def test_an_hst_bucket_by_stscis_name_with_geis_pairs(s3, tmp_path):
     env.pop("CRDS_S3_BUCKET"), env.pop("CRDS_S3_PREFIX")
     run = bucket.run("hst", "test", env=env)
     assert run.returncode == 0, run.stderr
-    assert run.event("context resolved")["bucket"] == "s3://hst-crds-cache-test/hst"
+    assert run.event("context resolved")["source"] == "s3://hst-crds-cache-test/hst"
     references = {os.path.basename(f) for f in cache_files(bucket.cache) if f.startswith("references/hst/")}
     assert references == sample.references_of["hst_0051.pmap"]
     assert {"00000001u.r4h", "00000001u.r4d"} <= references, "a GEIS header comes with its data file"
