@@ -189,7 +189,7 @@ def test_the_guard_is_real(hst_bucket, tmp_path):
 
 
 def test_a_pinned_context_absent_from_the_bucket_lists_the_pickled_ones(hst_bucket):
-    run = hst_bucket.run("hst", "ops", "--context", "hst_0042.pmap")
+    run = hst_bucket.run("hst", "ops", "--source", "s3", "--context", "hst_0042.pmap")
     assert run.returncode == ExitCode.USAGE
     message = only_error(run)
     assert "hst_0042.pmap is not in" in message and "pickles/hst" in message
@@ -201,7 +201,8 @@ def test_a_pinned_context_s3_will_not_show_is_still_a_usage_error(s3, hst_bucket
     """A role that may not list the pickles gets 403, not 404, for one that is not there: a typo stays 64."""
     with FaultProxy(s3.endpoint) as proxy:
         proxy.rules.append(Rule("403", path="pickles/hst/hst_0042", method="HEAD"))
-        run = hst_bucket.run("hst", "ops", "--context", "hst_0042.pmap", AWS_ENDPOINT_URL_S3=proxy.endpoint)
+        run = hst_bucket.run("hst", "ops", "--source", "s3", "--context", "hst_0042.pmap",
+                             AWS_ENDPOINT_URL_S3=proxy.endpoint)
     assert run.returncode == ExitCode.USAGE, run.stderr
     assert "hst_0042.pmap is not in" in only_error(run) and "S3 refused the job a look" in only_error(run)
 
