@@ -17,7 +17,11 @@ kernel to throttle it on.
 A file whose body is cut short or does not match its size and sha1 is
 fetched again, up to ``retries`` times with jittered exponential backoff;
 after that the job stops with an integrity or S3 error, and the cache keeps
-only what was verified.
+only what was verified. A request S3 throttles uses no attempt: S3 asks for
+patience, not for giving up, so it is tried again, paced, for as long as some
+file (or part of a large one) completes within ``--patience`` seconds. A file that fails
+for good lets the files already in flight finish (a rerun resumes from
+them); files not yet started are not started.
 """
 
 from __future__ import annotations
@@ -29,22 +33,27 @@ import contextlib
 import hashlib
 import os
 import random
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .cache import Cache, FileId, out_of_room, sha1_of
 from .durability import Durability
-from .errors import BucketContentError, CacheError, IntegrityError
+from .errors import RETRYABLE, BucketContentError, CacheError, CrdsJobError, IntegrityError
 from .launch import hold_stop_signals
 from .plan import Entry
 from .progress import Progress
-from .remote import BodyCorrupt, Part, Transient
+from .remote import BodyCorrupt, Part, Transient, Unreachable
 from .source import Source
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 20.0
 #: Threads for hashing and writing: sha1 and write() release the GIL.
 DISK_THREADS = 4
+
+
+class _NotStarted(Exception):
+    """A file not started because another failed for good first."""
 
 
 class Mismatch(Exception):
@@ -135,6 +144,9 @@ class Tries:
         ``started``: the attempt the failed request was made in (``attempt`` as it started).
         """
         loop = asyncio.get_running_loop()
+        if isinstance(failure, Transient) and failure.throttled:
+            await self.fetcher.slow_down(failure)
+            return
         if started < self.attempt:  # in flight when this attempt was counted: the same failure
             await asyncio.sleep(max(0.0, self._resume_at - loop.time()))
             return
@@ -183,6 +195,10 @@ class Fetcher:
         self.durability = durability  # which files are fsync'ed before their rename
         self.progress = progress
         self.log = log
+        self.patience = settings.patience  # seconds of throttling with no file completed before giving up
+        self.last_progress = time.monotonic()
+        self.stopping = False  # a file failed for good: files not yet started are not started
+        self._throttled_in_a_row = 0
         self._requests = asyncio.Semaphore(settings.concurrency)
         self._files = asyncio.Semaphore(settings.concurrency)
         self._budget = ByteBudget(settings.memory_budget)
@@ -191,6 +207,32 @@ class Fetcher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+    def progressed(self) -> None:
+        """A part or a file is done: the job is making progress, whatever S3 throttles meanwhile."""
+        self.last_progress = time.monotonic()
+        self._throttled_in_a_row = 0
+
+    async def slow_down(self, failure: Transient) -> None:
+        """Wait before trying a throttled request again; give up once nothing completed for ``patience`` s.
+
+        The wait grows with the throttling answers since the last part or file completed
+        (full jitter, up to ``BACKOFF_CAP``): requests that all wait the same
+        would come back together. The SDK's adaptive rate paces the tries too.
+        """
+        idle = time.monotonic() - self.last_progress
+        if idle > self.patience:
+            raise Unreachable(f"S3 kept throttling the job: no file (nor part of one) completed in the last "
+                              f"{idle:.0f} s "
+                              f"({self.progress.throttled} throttled answers); last: {failure.what}",
+                              "run fewer jobs at once against this bucket's prefix, or raise --patience "
+                              "(CRDS_JOB_PATIENCE); a rerun resumes from the verified files") from failure
+        self._throttled_in_a_row += 1
+        self.progress.throttled += 1
+        if self.progress.throttled == 1 or self.progress.throttled % 100 == 0:
+            self.log.warning("S3 is throttling the job: slowing down", throttled=self.progress.throttled,
+                             patience_s=self.patience, error=failure.what)
+        await asyncio.sleep(backoff(min(self._throttled_in_a_row + 1, 8)))
 
     async def in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run blocking disk work in the pool; if cancelled, let it finish first.
@@ -223,6 +265,8 @@ class Fetcher:
                     raise
                 await tries.again(exc, started, (start, end))
         self.progress.bytes_transferred += end - start
+        if tries is not None:  # a part of a large file: progress too
+            self.progressed()
         return part
 
     async def _stream(self, entry: Entry, sink: Callable[[list[bytes]], None], tries: Tries) -> str:
@@ -314,7 +358,9 @@ class Fetcher:
             self._check(entry, len(data), sha1)
             return data
 
-        return await self.with_retries(entry, once)
+        data = await self.with_retries(entry, once)
+        self.progressed()
+        return data
 
     async def fetch_file(self, entry: Entry, cache: Cache, stale: FileId | None = None) -> bool:
         """Put ``entry`` in ``cache``, verified. False if another writer put it there first.
@@ -323,6 +369,8 @@ class Fetcher:
         replaced, unless another writer has replaced it already.
         """
         async with self._files:  # bounds open temp files, not only requests
+            if self.stopping:
+                raise _NotStarted  # fetch_all reports the failure that stopped the warm
             return await self._fetch_file(entry, cache, stale)
 
     async def _fixed(self, path: str, entry: Entry) -> bool:
@@ -346,6 +394,7 @@ class Fetcher:
                 claim.release()  # another process finished it while we waited
                 self.progress.files_present += 1
                 self.progress.bytes_present += entry.size
+                self.progressed()
                 return False
         except BaseException:
             claim.release()
@@ -371,16 +420,32 @@ class Fetcher:
             claim.release()  # a no-op once committed
         self.progress.files_fetched += 1
         self.progress.bytes_fetched += entry.size
+        self.progressed()
         return True
 
 
 async def fetch_all(
     fetcher: Fetcher, cache: Cache, entries: list[Entry], stale: Mapping[str, FileId]
 ) -> None:
-    """Fetch every entry (``stale``: the corrupt cached copies, by name); the first failure cancels the rest."""
+    """Fetch every entry (``stale``: the corrupt cached copies, by name).
+
+    The first failure stops the warm. One a rerun may get past (S3 out of
+    reach, bytes damaged on the way: ``errors.RETRYABLE``) lets the files in
+    flight finish, so the rerun has less to do; any other (a full disk, a
+    cache that cannot be written) cancels them at once.
+    """
     tasks = [asyncio.ensure_future(fetcher.fetch_file(entry, cache, stale.get(entry.name))) for entry in entries]
+    if not tasks:
+        return
     try:
-        await asyncio.gather(*tasks)
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failure = next((task.exception() for task in done if not task.cancelled() and task.exception()), None)
+        if failure is None:
+            return
+        if isinstance(failure, CrdsJobError) and failure.exit_code in RETRYABLE:
+            fetcher.stopping = True
+            await asyncio.gather(*pending, return_exceptions=True)
+        raise failure
     except BaseException:
         for task in tasks:
             task.cancel()

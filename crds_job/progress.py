@@ -22,6 +22,7 @@ class Progress:
     bytes_present: int = 0
     bytes_transferred: int = 0  # every byte received, partial files and retries included
     retries: int = 0
+    throttled: int = 0  # requests S3 answered "slow down" and fetch tried again (the SDK's own retries aside)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -41,6 +42,7 @@ class Progress:
             "mb_per_s": round(rate / 1e6, 2),
             "eta_s": round(left / rate, 1) if rate > 0 else None,
             "retries": self.retries,
+            "throttled": self.throttled,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -51,6 +53,7 @@ class Progress:
             "files_present": self.files_present,
             "bytes_present": self.bytes_present,
             "retries": self.retries,
+            "throttled": self.throttled,
             "seconds": round(seconds, 3),
             "mb_per_s": round(self.bytes_fetched / seconds / 1e6, 2) if seconds > 0 else 0.0,
         }

@@ -5,9 +5,13 @@ The endpoint, region and credentials follow the AWS SDK's own conventions
 for IRSA, instance roles...), so the same job runs against AWS and against a
 local S3 server. A public bucket is read unsigned when no credentials exist.
 
-Retries are split by layer: the AWS SDK retries each request (standard mode:
-jittered exponential backoff, throttling-aware); s3fs's own retry loop is off,
-so that a body cut short surfaces to ``fetch``, which retries the file.
+Retries are split by layer: the AWS SDK retries each request (adaptive mode:
+jittered exponential backoff, and a client-side rate that throttling cuts and
+success raises again, shared by every request of the job); s3fs's own retry
+loop is off, so that a body cut short surfaces to ``fetch``, which retries the
+file. A request still throttled once the SDK gives up (its attempts, or its
+retry quota, spent) is not a failure: ``fetch`` tries it again, paced, for as
+long as files keep completing (``--patience``).
 
 The SDK's own check of a response body (the CRC32 an S3 server stores with an
 object, validated by default on every whole-object GET) is asked for only by
@@ -47,6 +51,12 @@ _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
     "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
 }
+#: Answers that mean "slow down": S3's SlowDown, and the SDK's throttling codes (botocore's list).
+_THROTTLING_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded", "RequestThrottled",
+    "PriorRequestNotComplete", "429",
+}
 _CREDENTIAL_CODES = {
     "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "SignatureDoesNotMatch",
     "InvalidToken", "TokenRefreshRequired",
@@ -67,9 +77,10 @@ class Transient(S3AccessError):
     configuration) and must never let a job run on without S3 unnoticed.
     """
 
-    def __init__(self, what: str, todo: str = "", outage: bool = True) -> None:
+    def __init__(self, what: str, todo: str = "", outage: bool = True, throttled: bool = False) -> None:
         super().__init__(what, todo)
         self.outage = outage
+        self.throttled = throttled  # S3 asks for fewer requests: slow down, never give up for that alone
 
     def final(self) -> S3AccessError:
         """The same failure once no attempt is left: no caller's retry loop may take it for another try."""
@@ -210,6 +221,9 @@ def translate(exc: BaseException, uri: str, location: Location, credentials: str
             f"{uri} is missing from the bucket",
             "the bucket is incomplete or changing; run the job again later or pin another context",
         )
+    if code in _THROTTLING_CODES:
+        return Transient(f"S3 throttled reading {uri} ({code})",
+                         "run fewer jobs at once against this bucket's prefix, or raise --patience", throttled=True)
     transport = _in_chain(exc, _TRANSPORT_ERRORS)
     if code in _TRANSIENT_CODES or transport is not None or (
         # s3fs's OSError for an answer it has no name for carries the ClientError: that code decides
@@ -311,7 +325,7 @@ class Bucket:
             max_concurrency=1,  # we split large files ourselves, within the memory budget
             config_kwargs={
                 # total_: the first try included (the SDK's max_attempts counts retries only, one more).
-                "retries": {"mode": "standard", "total_max_attempts": self.retries},
+                "retries": {"mode": "adaptive", "total_max_attempts": self.retries},
                 "max_pool_connections": self.concurrency,
                 "connect_timeout": 10,
                 "read_timeout": 60,
@@ -359,6 +373,8 @@ class Bucket:
             with self._translated(uri):
                 response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **params)
         except Transient as exc:  # the SDK has tried it --retries times already: another round would square that
+            if exc.throttled:  # but throttling only asks for patience: fetch paces another try
+                raise
             raise exc.final() from exc
         with self._translated(uri):
             try:

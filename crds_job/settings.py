@@ -137,6 +137,9 @@ OPTIONS: tuple[Option, ...] = (
            parse=_positive(parse_size, 2**40, "1TiB"), default=64 * 2**20, metavar="BYTES"),
     Option("retries", "attempts per S3 request and per file before giving up",
            parse=_positive(int, 100), default=5, metavar="N"),
+    Option("patience", "how long S3 may throttle the job with no file completing before it gives up (exit 69): "
+           "throttling slows the job down, it does not count as a failed attempt",
+           parse=_positive(float, 86400), default=300.0, metavar="SECONDS"),
     Option("dry_run", "print the plan (files, bytes, what is cached) as JSON on stdout; "
            "fetch nothing, run nothing", parse=parse_bool, default=False, flag_value=True),
     Option("verify_existing", "re-hash files already in the cache instead of trusting their size",
@@ -202,6 +205,7 @@ class Settings:
     part_size: int
     memory_budget: int
     retries: int
+    patience: float
     dry_run: bool
     verify_existing: bool
     allow_fetch: bool

@@ -76,7 +76,6 @@ def test_transient_faults_are_survived(roman_bucket, proxy, fault, where):
 
 
 @pytest.mark.parametrize("fault, code, words", [
-    ("503", ExitCode.S3_ACCESS, "S3 kept failing"),
     ("500", ExitCode.S3_ACCESS, "S3 kept failing"),
     ("reset", ExitCode.S3_ACCESS, "S3 kept failing"),
     ("truncate", ExitCode.S3_ACCESS, "S3 kept failing"),
@@ -95,9 +94,26 @@ def test_a_fault_that_does_not_pass_ends_in_a_clear_error(roman_bucket, proxy, f
     # itself, twice in all, and no more (not two file attempts of two requests each); a body that
     # breaks or comes wrong (a reset, a flipped byte), which the SDK cannot see, fetch tries again.
     retried = len([line for line in run.events("retrying") if line["file"] == victim])
-    assert retried == (0 if fault in ("503", "500") else 1), run.stderr
-    if fault in ("503", "500", "flip"):
+    assert retried == (0 if fault == "500" else 1), run.stderr
+    if fault in ("500", "flip"):
         assert len(proxy.gets(victim)) == 2, proxy.gets(victim)
+
+
+def test_throttling_that_never_ends_gives_up_after_the_patience_and_keeps_the_rest(roman_bucket, proxy):
+    """S3's SlowDown uses no attempt (--retries 2 would have ended it at the second GET): the job slows
+    down and tries again for as long as files complete, then gives up, having finished every other file."""
+    victim = largest_wfi_reference(roman_bucket)
+    proxy.rules = [Rule("503", path=victim)]
+    run = roman_bucket.run("roman", "ops", "--retries", "2", "--patience", "2", env=through(roman_bucket, proxy))
+    assert run.returncode == ExitCode.S3_ACCESS, run.stderr
+    (error,) = run.errors
+    assert "S3 kept throttling the job: no file (nor part of one) completed in the last" in error["event"]
+    assert victim in error["event"] and "raise --patience" in error["event"]
+    assert len(proxy.gets(victim)) > 2, "tried again beyond --retries: throttling is no failed attempt"
+    assert run.event("S3 is throttling the job: slowing down")["level"] == "warning"
+    assert victim not in {os.path.basename(f) for f in cache_files(roman_bucket.cache)}
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
+    assert finals_verified(roman_bucket.cache, roman_bucket.sample) == run.event("plan")["mappings"] + 30 - 1
 
 
 def test_a_damaged_file_the_bucket_publishes_no_sha1_for_is_caught_by_the_sdk(roman_bucket, proxy):
@@ -509,3 +525,15 @@ def test_a_cache_folder_linked_outside_is_refused(roman_bucket, tmp_path):
     assert run.returncode == ExitCode.CACHE
     assert "leads outside the cache" in run.errors[0]["event"]
     assert list(elsewhere.iterdir()) == [], "nothing was written through the link"
+
+
+def test_a_file_failing_for_good_lets_the_files_in_flight_finish(roman_bucket, proxy):
+    """A retryable failure (69) leaves the others to complete: the rerun the job runner makes has less to do."""
+    victim = largest_wfi_reference(roman_bucket)
+    proxy.rules = [Rule("500", path=victim), Rule("slow", path="references/", delay=1.5)]  # the first match applies
+    run = roman_bucket.run("roman", "ops", "--retries", "1", env=through(roman_bucket, proxy))
+    assert run.returncode == ExitCode.S3_ACCESS, run.stderr
+    assert victim in run.errors[0]["event"]
+    assert finals_verified(roman_bucket.cache, roman_bucket.sample) == run.event("plan")["mappings"] + 30 - 1
+    rerun = roman_bucket.run("roman", "ops")  # straight to S3: the fault is gone
+    assert rerun.returncode == 0 and rerun.event("plan")["fetch_files"] == 1
