@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 
-from warm import Mix, sample_for, timed
+from warm import Mix, publish, sample_for, timed
 
 from crds_job.sample import context
 from crds_job.sample.crds_server import LocalCrdsServer
@@ -133,10 +133,7 @@ def main() -> None:
     header = [f"{datetime.date.today()} on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"Python {platform.python_version()}; the stand-in CRDS server on loopback, in its own thread.", ""]
     text = "\n".join(header + report(mix, sample, results)) + "\n"
-    sys.stdout.write(text)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text)
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

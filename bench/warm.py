@@ -264,6 +264,14 @@ class Bench:
         return total, 0.0
 
 
+def publish(text: str, out: str | None) -> None:
+    """The report on stdout, and in ``out`` too when given (the other benchmarks' way as well)."""
+    sys.stdout.write(text)
+    if out:
+        with open(out, "w") as handle:
+            handle.write(text)
+
+
 def wrong_sha1s(printed: str, expected: dict[str, str]) -> list[str]:
     """The names whose sha1 in ``printed`` ("name sha1" lines) is missing or not ``expected``'s."""
     found = dict(line.split() for line in printed.splitlines() if line.strip())

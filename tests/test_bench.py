@@ -11,12 +11,17 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def quick_run(script: str, out, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``bench/<script> --quick ... --out out``: the finished process, and the report it wrote."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--quick", *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, out.read_text()
+
+
 def test_the_harness_runs_and_prints_its_tables(tmp_path):
     out = tmp_path / "results.md"
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench/warm.py"), "--quick", "--server", "moto",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = out.read_text()
+    done, report = quick_run("warm.py", out, "--server", "moto")
     for row in ("| crds-job |", "| crds sync (baseline) |", "| raw aiobotocore", "| aws s3 cp --recursive |",
                 "| the limit: ", "Choosing the limit, in runs of its own", "1 round(s)",
                 "crds-job against each other candidate in the same rounds",
@@ -179,11 +184,24 @@ def test_the_linearity_mixes_have_4_and_16_times_the_references_and_the_same_map
 def test_the_server_benchmark_runs_and_prints_its_table(tmp_path):
     pytest.importorskip("crds", reason="the baseline is the real crds client in its server mode")
     out = tmp_path / "results.md"
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench/crds_server.py"), "--quick", "--delays", "0.01",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = out.read_text()
+    done, report = quick_run("crds_server.py", out, "--delays", "0.01")
     for row in ("| 0 ms | crds-job --source server | 1 |", "| 0 ms | crds sync (server mode) | 1 |",
                 "| 10 ms | crds-job --source server |", "crds sync / crds-job = "):
         assert row in report, row
     assert report.strip() == done.stdout.strip()
+
+
+def test_the_fleet_benchmark_runs_and_prints_its_table(tmp_path):
+    out = tmp_path / "fleet.md"
+    _, report = quick_run("fleet.py", out, "--server", "moto")
+    for row in ("| 4 | own caches | 0×4 | 4/4 |", "| 4 | one shared cache | 0×4 | 4/4 |", "GETs per file delivered"):
+        assert row in report, row
+
+
+def test_the_exposure_benchmark_runs_and_prints_its_table(tmp_path):
+    pytest.importorskip("crds", reason="the user's way is the real crds client in its S3 plugin mode")
+    out = tmp_path / "exposure.md"
+    _, report = quick_run("exposure.py", out)
+    for row in ("| crds-job (warm + exec, offline) | 1 |", "| crds_s3_set + getreferences | 1 |",
+                "the user's way / crds-job = ", "Cost per exposure, read from S3 by crds-job: cold cache"):
+        assert row in report, row
