@@ -56,6 +56,24 @@ class _NotStarted(Exception):
     """A file not started because another failed for good first."""
 
 
+def _retryable(failure: BaseException) -> bool:
+    return isinstance(failure, CrdsJobError) and failure.exit_code in RETRYABLE
+
+
+def _worst(done: set[asyncio.Task[bool]]) -> BaseException | None:
+    """The failure among finished fetches that decides the job's end: one no rerun fixes first.
+
+    A fetch cancelled without the warm being cancelled is a bug: never taken for a file fetched.
+    """
+    failures = []
+    for task in done:
+        if task.cancelled():
+            failures.append(RuntimeError("a file's fetch was cancelled while the warm was not"))
+        elif task.exception() is not None and not isinstance(task.exception(), _NotStarted):
+            failures.append(task.exception())
+    return min(failures, key=_retryable, default=None)  # False (not retryable) sorts first
+
+
 class Mismatch(Exception):
     """The bytes received are not the file the bucket publishes (retryable).
 
@@ -220,6 +238,8 @@ class Fetcher:
         (full jitter, up to ``BACKOFF_CAP``): requests that all wait the same
         would come back together. The SDK's adaptive rate paces the tries too.
         """
+        if self.stopping:  # the warm is failing anyway: no reason to wait for S3
+            raise failure.final() from failure
         idle = time.monotonic() - self.last_progress
         if idle > self.patience:
             raise Unreachable(f"S3 kept throttling the job: no file (nor part of one) completed in the last "
@@ -389,6 +409,9 @@ class Fetcher:
         final = cache.path(entry)
         claim = await cache.claim(final, waiting=lambda: self.log.info(
             "waiting for another writer of a file: a warm sharing the cache, maybe stopped", file=entry.name))
+        if self.stopping:  # the warm failed while this one waited for the lock: not started
+            claim.release()
+            raise _NotStarted
         try:
             if cache.holds(final, entry.size, stale) and (stale is None or await self._fixed(final, entry)):
                 claim.release()  # another process finished it while we waited
@@ -437,14 +460,18 @@ async def fetch_all(
     tasks = [asyncio.ensure_future(fetcher.fetch_file(entry, cache, stale.get(entry.name))) for entry in entries]
     if not tasks:
         return
+    fetcher.progressed()  # the patience with throttling counts from here, not from the planning before
     try:
         done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        failure = next((task.exception() for task in done if not task.cancelled() and task.exception()), None)
+        failure = _worst(done)
         if failure is None:
             return
-        if isinstance(failure, CrdsJobError) and failure.exit_code in RETRYABLE:
-            fetcher.stopping = True
-            await asyncio.gather(*pending, return_exceptions=True)
+        fetcher.stopping = True
+        while pending and _retryable(failure):  # let the files in flight finish, unless something worse comes
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            worse = _worst(done)
+            if worse is not None and not _retryable(worse):
+                failure = worse
         raise failure
     except BaseException:
         for task in tasks:

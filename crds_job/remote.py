@@ -48,7 +48,7 @@ MIN_RATE = 16 * 2**10
 GET_GRACE = 120.0
 #: Server answers that mean "try again later".
 _TRANSIENT_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "RequestTimeout", "RequestTimeTooSkewed",
     "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
 }
 #: Answers that mean "slow down": S3's SlowDown, and the SDK's throttling codes (botocore's list).
@@ -423,15 +423,17 @@ class Bucket:
             return BodyCorrupt(f"{uri} arrived with {got} bytes, the bucket publishes {size}",
                                "the object or its metadata changed: run the job again, or report it")
 
-        try:
-            async with asyncio.timeout(GET_GRACE + (end - start) / MIN_RATE):
-                async with self._get(area, name, **params) as response:
-                    if span:
-                        _check_range(response, span, size, uri)
+        # The body alone is timed: until its answer starts, a request is the SDK's (each attempt within its
+        # connect and read timeouts), and may wait long in its adaptive rate while S3 throttles: no stall.
+        async with self._get(area, name, **params) as response:
+            if span:
+                _check_range(response, span, size, uri)
+            try:
+                async with asyncio.timeout(GET_GRACE + (end - start) / MIN_RATE):
                     chunks = await _at_most(response["Body"], end - start, response.get("ContentLength"), refuse)
-        except TimeoutError:
-            raise Transient(f"reading {uri} stalled: its bytes came slower than {MIN_RATE} bytes/s on average",
-                            "check the network and the endpoint, then run the job again") from None
+            except TimeoutError:
+                raise Transient(f"reading {uri} stalled: its bytes came slower than {MIN_RATE} bytes/s on average",
+                                "check the network and the endpoint, then run the job again") from None
         received = sum(map(len, chunks))
         if received != end - start:
             raise refuse(str(received))
@@ -446,6 +448,8 @@ class Bucket:
         except Missing:
             return None
         except Transient as exc:  # the SDK has tried it --retries times already
+            if exc.throttled:  # but throttling only asks for patience: the caller's retries pace another try
+                raise
             raise exc.final() from exc
         return int(response["ContentLength"])
 

@@ -209,7 +209,8 @@ class _Warm:
                 return rules.of_mappings(context, await self.load_closure(pmap, config), config.metadata)
         name = rules.pickle_name(context)
         try:
-            size = await self.bucket.size(rules.PICKLE_AREA, name)
+            asked = plan.Entry(name=name, kind="pickle", size=-1, sha1="")  # a throttled HEAD slows down, as a GET
+            size = await self.fetcher.with_retries(asked, lambda _tries: self.bucket.size(rules.PICKLE_AREA, name))
         except Denied:
             if refused is None and context not in config.metadata:  # listed nowhere: most likely no such context
                 raise await self.context_absent(context, pinned, refused=True) from None

@@ -537,3 +537,14 @@ def test_a_file_failing_for_good_lets_the_files_in_flight_finish(roman_bucket, p
     assert finals_verified(roman_bucket.cache, roman_bucket.sample) == run.event("plan")["mappings"] + 30 - 1
     rerun = roman_bucket.run("roman", "ops")  # straight to S3: the fault is gone
     assert rerun.returncode == 0 and rerun.event("plan")["fetch_files"] == 1
+
+
+def test_a_file_throttled_beyond_its_retries_still_comes(roman_bucket, proxy):
+    """Five SlowDowns in a row, with --retries 2: no attempt is used by throttling, and the file arrives."""
+    victim = largest_wfi_reference(roman_bucket)
+    proxy.rules = [Rule("503", path=victim, times=5)]
+    run = roman_bucket.run("roman", "ops", "--retries", "2", env=through(roman_bucket, proxy))
+    assert run.returncode == 0, run.stderr
+    assert len(proxy.gets(victim)) == 6, proxy.gets(victim)
+    assert run.event("warmed")["throttled"] >= 1 and not run.events("retrying")
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)
