@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 from crds_job import environments, launch, settings
 from crds_job.sample import context, datasets, server
+from crds_job.sample.throttle import ThrottlingProxy
 
 #: Roman WFI reference types (crds/roman/specs, step parameters left out): the rmaps of a context.
 WFI_TYPES = (
@@ -115,6 +116,21 @@ def sample_for(mix: Mix, seed: int = 1) -> context.SampleBucket:
                                date_keys=context.ROMAN.date_keys, file_ext=".asdf", rules={"WFI": rules},
                                reference_name=context.ROMAN.reference_name)
     return context.generate(spec, contexts=1, rows=rows, dates=dates, size=mix.size, seed=seed)
+
+
+@dataclass
+class Shaped:
+    """The local S3 as the contestants reach it (``--shape``): through the proxy's first-byte delay and
+    per-connection bandwidth cap, as S3 across a network answers; seeded directly."""
+
+    s3: server.LocalS3
+    endpoint: str
+
+    def client_env(self) -> dict[str, str]:
+        return {**self.s3.client_env(), "AWS_ENDPOINT_URL_S3": self.endpoint}
+
+    def client(self) -> object:
+        return self.s3.client()
 
 
 @dataclass
@@ -620,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the one-dataset against whole-context comparison")
     parser.add_argument("--shared-cpus", dest="split", action="store_false",
                         help="run the S3 server on the contestants' CPUs (by default each gets half)")
+    parser.add_argument("--shape", metavar="MS,MB_PER_S", help="reach S3 through a first-byte delay and a "
+                        "per-connection bandwidth cap, e.g. 30,90 (crds_job/sample/throttle.py, no rate limit)")
     parser.add_argument("--quick", action="store_true", help="a smoke run in seconds")
     parser.add_argument("--out", help="write the markdown report here too")
     args = parser.parse_args(argv)
@@ -641,9 +659,19 @@ def main(argv: list[str] | None = None) -> int:
     split = cpu_halves() if args.split else None
     cpus = (f"the server on CPU {cpus_text(split[0])}, the contestants on CPU {cpus_text(split[1])}" if split
             else "the server and the contestants on the same CPUs")
+    shape = [float(value) for value in args.shape.split(",")] if args.shape else None
+    path = (f", reached through a {shape[0]:g} ms first-byte delay and {shape[1]:g} MB/s per connection" if shape
+            else "")
     report = ["# crds-job benchmark", "",
-              f"{datetime.date.today().isoformat()} on {machine()}; S3 server: {args.server} on loopback; {cpus}.", ""]
-    with tempfile.TemporaryDirectory(prefix="crds-job-bench-") as workdir, s3_server(args.server, split) as s3:
+              f"{datetime.date.today().isoformat()} on {machine()}; S3 server: {args.server} on loopback{path}; "
+              f"{cpus}.", ""]
+    with tempfile.TemporaryDirectory(prefix="crds-job-bench-") as workdir, s3_server(args.server, split) as direct, \
+            contextlib.ExitStack() as stack:
+        s3 = direct
+        if shape:
+            proxy = stack.enter_context(ThrottlingProxy(direct.endpoint, delay=shape[0] / 1000,
+                                                        bandwidth=shape[1] * 1e6))
+            s3 = Shaped(direct, proxy.endpoint)  # type: ignore[assignment]
         for mix in mixes:
             result = measure_mix(s3, mix, args.runs, args.baseline_runs, args.limit_runs, workdir, log)
             report += [f"## {mix.name}: {result.files} files, {result.bytes / MB:.1f} MB", ""]

@@ -205,3 +205,10 @@ def test_the_exposure_benchmark_runs_and_prints_its_table(tmp_path):
     for row in ("| crds-job (warm + exec, offline) | 1 |", "| crds_s3_set + getreferences | 1 |",
                 "the user's way / crds-job = ", "Cost per exposure, read from S3 by crds-job: cold cache"):
         assert row in report, row
+
+
+def test_the_harness_runs_through_a_shaped_path(tmp_path):
+    _, report = quick_run("warm.py", tmp_path / "shaped.md", "--server", "moto", "--shape", "5,500", "--mix", "small",
+                          "--linear", "", "--no-selective")
+    assert "reached through a 5 ms first-byte delay and 500 MB/s per connection" in report
+    assert "| crds sync (baseline) |" in report and "| crds-job |" in report
