@@ -35,7 +35,7 @@ import aiohttp
 
 from . import names, server_config
 from .errors import BucketContentError, CrdsJobError, S3AccessError, UsageError
-from .remote import GET_GRACE, MIN_RATE, READ_CHUNK, BodyCorrupt, Denied, Missing, Oversized, Part, Transient
+from .remote import GET_GRACE, MIN_RATE, READ_CHUNK, BodyCorrupt, Denied, Missing, Oversized, Part, Transient, at_most
 
 #: How the log names this source's credentials.
 CREDENTIALS = "none: a CRDS server is public"
@@ -135,7 +135,7 @@ class ServerSource:
         if error:
             message = error.get("message", error) if isinstance(error, dict) else error
             raise Refused(f"the CRDS server refused {method}: {str(message)[:200]}",
-                                "check the context asked for; if it is right, report the server's answer")
+                          "check the context asked for; if it is right, report the server's answer")
         return _decoded(result)
 
     async def server_info(self) -> dict[str, Any]:
@@ -316,20 +316,12 @@ def _check_range(answer: aiohttp.ClientResponse, span: tuple[int, int], size: in
 
 
 async def _at_most(answer: aiohttp.ClientResponse, most: int | None, where: str) -> list[bytes]:
-    """The body's chunks, refused once it is (or says it is) over ``most`` bytes."""
+    """The body's chunks, refused (``Oversized``) once it is (or says it is) over ``most`` bytes."""
     def refuse(size: str) -> Exception:
         return Oversized(f"{where} is {size} bytes, over the {most} expected", "the server serves something else "
                          "under this name: report it to its maintainers")
 
-    if most is not None and answer.content_length is not None and answer.content_length > most:
-        raise refuse(str(answer.content_length))
-    chunks, held = [], 0
-    async for chunk in answer.content.iter_chunked(READ_CHUNK):
-        held += len(chunk)
-        if most is not None and held > most:
-            raise refuse(f"more than {most}")
-        chunks.append(chunk)
-    return chunks
+    return await at_most(answer.content.iter_chunked(READ_CHUNK), most, answer.content_length, refuse)
 
 
 def _decoded(result: Any) -> Any:

@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import errno
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiobotocore.session
@@ -251,13 +251,15 @@ async def _credential_source(session: aiobotocore.session.AioSession) -> str | N
     return str(getattr(credentials, "method", "unknown"))
 
 
-async def _at_most(body: Any, most: int | None, announced: int | None,
-                   refuse: Callable[[str], Exception]) -> list[bytes]:
-    """A body's chunks, refused with ``refuse(size)`` once it is (or says it is) over ``most`` bytes."""
+async def at_most(body: AsyncIterable[bytes], most: int | None, announced: int | None,
+                  refuse: Callable[[str], Exception]) -> list[bytes]:
+    """A body's chunks (as the socket delivered them, ``READ_CHUNK`` at most each), refused with
+    ``refuse(size)`` once it is (or says it is) over ``most`` bytes. Any HTTP client's body: S3's, a
+    CRDS server's."""
     if most is not None and announced is not None and announced > most:
         raise refuse(str(announced))
     chunks, held = [], 0
-    async for chunk in body.iter_chunks(READ_CHUNK):
+    async for chunk in body:
         held += len(chunk)
         if most is not None and held > most:  # no length announced, or not the one announced
             raise refuse(f"more than {most}")
@@ -395,7 +397,8 @@ class Bucket:
                              "the bucket holds something else under this name: fix or replace the object")
 
         async with self._get(area, name, ChecksumMode="ENABLED") as response:
-            return b"".join(await _at_most(response["Body"], most, response.get("ContentLength"), refuse))
+            return b"".join(await at_most(response["Body"].iter_chunks(READ_CHUNK), most,
+                                          response.get("ContentLength"), refuse))
 
     async def read_part(
         self, area: str, name: str, size: int, span: tuple[int, int] | None = None, checked: bool = False
@@ -430,7 +433,8 @@ class Bucket:
                 _check_range(response, span, size, uri)
             try:
                 async with asyncio.timeout(GET_GRACE + (end - start) / MIN_RATE):
-                    chunks = await _at_most(response["Body"], end - start, response.get("ContentLength"), refuse)
+                    chunks = await at_most(response["Body"].iter_chunks(READ_CHUNK), end - start,
+                                           response.get("ContentLength"), refuse)
             except TimeoutError:
                 raise Transient(f"reading {uri} stalled: its bytes came slower than {MIN_RATE} bytes/s on average",
                                 "check the network and the endpoint, then run the job again") from None

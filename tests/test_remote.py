@@ -117,9 +117,10 @@ def too_long(size: str) -> remote.Oversized:
 def test_a_body_without_its_length_is_refused_once_it_passes_the_most():
     body = UnannouncedBody([b"x" * 10] * 100)
     with pytest.raises(remote.Oversized, match="s3://b/k is more than 25 bytes"):
-        asyncio.run(remote._at_most(body, 25, None, too_long))
+        asyncio.run(remote.at_most(body.iter_chunks(remote.READ_CHUNK), 25, None, too_long))
     assert body.taken == 3, "no chunk read past the one that crossed the bound"
-    assert asyncio.run(remote._at_most(UnannouncedBody([b"x" * 10] * 2), 25, None, too_long)) == [b"x" * 10] * 2
+    two = UnannouncedBody([b"x" * 10] * 2).iter_chunks(remote.READ_CHUNK)
+    assert asyncio.run(remote.at_most(two, 25, None, too_long)) == [b"x" * 10] * 2
 
 
 def test_a_get_slower_than_the_least_rate_is_given_up_as_transient(location, roman_bucket, monkeypatch):
