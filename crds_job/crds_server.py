@@ -29,7 +29,7 @@ import ssl
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
@@ -60,6 +60,7 @@ class ServerLocation:
     environment: str
     url: str  # no trailing slash
     public = True
+    context_areas: ClassVar[tuple[str, ...]] = ("mappings",)  # its clients load contexts from mappings only
 
     def uri(self, area: str, name: str = "") -> str:
         """The file's URL on the server (its ``unchecked_get`` path), or the server's for ``config``."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .errors import UsageError
 
@@ -59,6 +60,8 @@ class Location:
     environment: str
     bucket: str
     prefix: str  # as crds writes it: "" or "/roman/crds"; never a trailing "/"
+    #: A bucket holds a context as mappings, or (STScI's HST buckets) as a pickle.
+    context_areas: ClassVar[tuple[str, ...]] = ("mappings", "pickles")
 
     @property
     def public(self) -> bool:

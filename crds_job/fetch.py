@@ -34,7 +34,7 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .cache import Cache, FileId, out_of_room, sha1_of
@@ -365,6 +365,11 @@ class Fetcher:
                 return await attempt_once(tries)
             except (Mismatch, BodyCorrupt, Transient) as exc:
                 await tries.again(exc, started)
+
+    async def request(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """One request that fetches no file (the config, a HEAD, a JSON-RPC call), retried as a file's
+        are: transient failures within ``--retries``, throttling within ``--patience``."""
+        return await self.with_retries(Entry(name=what, kind="config", size=-1, sha1=""), lambda _tries: call())
 
     # ----- the two uses -----------------------------------------------------------------------
 

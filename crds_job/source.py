@@ -19,6 +19,7 @@ class Where(Protocol):
 
     observatory: str
     environment: str
+    context_areas: tuple[str, ...]  # where a context may be: its mappings, or its pickle too (a bucket)
 
     def uri(self, area: str, name: str = "") -> str:
         """The address of ``name`` in ``area`` (of the area itself without a name)."""

@@ -148,9 +148,8 @@ class _Warm:
     # ----- step 1 ---------------------------------------------------------------------------
 
     async def read_config(self) -> server_config.ServerConfig:
-        entry = plan.Entry(name=server_config.NAME, kind="config", size=-1, sha1="")
         try:
-            data = await self.fetcher.with_retries(entry, lambda _tries: self.bucket.read(
+            data = await self.fetcher.request(server_config.NAME, lambda: self.bucket.read(
                 "config", server_config.NAME, most=server_config.MAX_CONFIG_BYTES))
         except Missing as exc:  # most often a wrong prefix, which no retry fixes: say so first
             raise Missing(exc.what, "check that --bucket/--prefix (CRDS_S3_BUCKET/CRDS_S3_PREFIX) name a CRDS "
@@ -162,9 +161,7 @@ class _Warm:
         does for a missing object where the job may not list, so that absence is a guess."""
         location = self.bucket.location
         there = await self.contexts_there()
-        where = location.uri("mappings")
-        if not isinstance(self.bucket, crds_server.ServerSource):  # a server serves contexts as mappings only
-            where += f" nor in {location.uri(rules.PICKLE_AREA)}"
+        where = " nor in ".join(location.uri(area) for area in location.context_areas)
         if refused:
             where += " (S3 refused the job a look at its pickle: allow s3:ListBucket there to be sure)"
         if pinned:
@@ -209,8 +206,7 @@ class _Warm:
                 return rules.of_mappings(context, await self.load_closure(pmap, config), config.metadata)
         name = rules.pickle_name(context)
         try:
-            asked = plan.Entry(name=name, kind="pickle", size=-1, sha1="")  # a throttled HEAD slows down, as a GET
-            size = await self.fetcher.with_retries(asked, lambda _tries: self.bucket.size(rules.PICKLE_AREA, name))
+            size = await self.fetcher.request(name, lambda: self.bucket.size(rules.PICKLE_AREA, name))
         except Denied:
             if refused is None and context not in config.metadata:  # listed nowhere: most likely no such context
                 raise await self.context_absent(context, pinned, refused=True) from None
@@ -532,12 +528,9 @@ async def _offline(settings: Settings, failure: Unreachable, anonymous: bool, wh
     except CrdsJobError as exc:
         log.warning("the cache cannot stand in for the source", reason=str(exc))
         raise failure from None
-    if settings.dry_run:
-        log.warning(f"source unreachable; the cache is complete for {outcome.context}: the command would run "
-                    "offline", context=outcome.context, cache=outcome.cache.root)
-    else:
-        log.warning(f"source unreachable; the cache is complete for {outcome.context}: running offline",
-                    context=outcome.context, cache=outcome.cache.root)
+    running = "the command would run offline" if settings.dry_run else "running offline"
+    log.warning(f"source unreachable; the cache is complete for {outcome.context}: {running}",
+                context=outcome.context, cache=outcome.cache.root)
     return outcome
 
 
@@ -558,8 +551,8 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     config = await job.read_config()
     named = None
     if settings.context:  # a name only the source resolves (a date, build): one more request, retried
-        asked = plan.Entry(name=f"context {settings.context}", kind="config", size=-1, sha1="")
-        named = await job.fetcher.with_retries(asked, lambda _tries: job.bucket.name_context(settings.context))
+        named = await job.fetcher.request(f"context {settings.context}",
+                                          lambda: job.bucket.name_context(settings.context))
     context = server_config.resolve_context(named or settings.context, config)
     log.info("context resolved", context=context, requested=settings.context,
              source=job.bucket.location.uri(""), credentials=job.bucket.credentials)
