@@ -190,6 +190,7 @@ class Answer:
     choices: list[Choice]
     skipped: list[Skipped]
     listing: dict[str, list[str]] | None = None
+    crds: str = ""  # the version of the crds that chose: in a layered image, the calibration's own
 
 
 async def choose(
@@ -232,7 +233,7 @@ async def choose(
             skipped.append(Skipped(one["dataset"], "crds chose no reference for it: no type applies or matched"))
         else:
             choices.append(_choice(one, context))
-    return Answer(choices, skipped, listed if listing else None)
+    return Answer(choices, skipped, listed if listing else None, str(answer.get("crds", "")))
 
 
 # ----- the child: runs under the real crds -----------------------------------------------------
@@ -474,6 +475,7 @@ def main() -> int:
                                                       request["observatory"], request["anonymous"])]}
             if listing is not None:
                 answer["listing"] = listing
+        answer["crds"] = str(getattr(crds, "__version__", ""))
     with open(request["answer"], "w", encoding="utf-8") as handle:
         json.dump(answer, handle)
     return 0

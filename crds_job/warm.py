@@ -367,7 +367,7 @@ class _Warm:
             self.log.warning("a command argument named like a dataset is not one crds can read: skipped",
                              argument=one.dataset, reason=one.reason)
         for choice in answer.choices:
-            self.log.info("best references", dataset=choice.dataset, instrument=choice.instrument,
+            self.log.info("best references", dataset=choice.dataset, instrument=choice.instrument, crds=answer.crds,
                           references=choice.references, not_applicable=list(choice.not_applicable),
                           **({"association": choice.association} if choice.association else {}))
             if not choice.references:
