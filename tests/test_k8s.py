@@ -76,8 +76,10 @@ def project_version() -> str:
 
 
 def dockerfile_entrypoint() -> list[str]:
+    """The image's ENTRYPOINT: tini, its "--", crds-job's entry point (one, in the stage both images build on)."""
     with open(os.path.join(ROOT, "Dockerfile")) as handle:
-        return json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", handle.read(), re.M).group(1))
+        (entrypoint,) = re.findall(r"^ENTRYPOINT (\[.*\])$", handle.read(), re.M)
+    return json.loads(entrypoint)
 
 
 def dockerfile_uid() -> int:
@@ -161,7 +163,8 @@ def test_the_env_file_handoff_is_consistent(rendered):
 
 def test_images_and_commands_match_the_image(rendered):
     _, objects = rendered
-    init = dockerfile_entrypoint()[:-1]  # tini and its "--", before crds-job's entry point
+    *init, entrypoint = dockerfile_entrypoint()  # tini and its "--", before crds-job's entry point
+    assert entrypoint == ENTRYPOINT and init[-1] == "--"
     for job in jobs(objects):
         for container in containers(job):
             name, _, tag = container["image"].partition(":")
@@ -309,6 +312,7 @@ def test_an_indexed_pod_warms_and_calibrates_the_exposure_of_its_index(tmp_path)
     stand_in = tmp_path / "entrypoint.py"  # crds-job's place: what it was given
     stand_in.write_text('#!/bin/sh\necho "datasets=$CRDS_JOB_DATASETS args=$*"\n')
     stand_in.chmod(0o755)
+    assert container["command"][:container["command"].index("/bin/sh")] == dockerfile_entrypoint()[:-1]
     command = shell_of(container, {"/config/exposures.txt": str(tmp_path / "exposures.txt"),
                                    ENTRYPOINT: str(stand_in)})
     lines = listing["data"]["exposures.txt"].split()
