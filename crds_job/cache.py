@@ -294,10 +294,12 @@ def _fill(claim: Claim, data: bytes, fsync: bool) -> None:
 class Cache:
     """One observatory's part of a CRDS cache directory."""
 
-    def __init__(self, root: str, observatory: str, mode: str) -> None:
+    def __init__(self, root: str, observatory: str, mode: str, lowers: tuple[str, ...] = ()) -> None:
         self.root = root
         self.observatory = observatory
         self.mode = mode
+        #: The read-only caches under this one (``--lower``, real paths): the only places a link in it may lead.
+        self.lowers = lowers
         self._folders_checked: set[str] = set()
 
     # ----- layout -------------------------------------------------------------------------
@@ -329,7 +331,7 @@ class Cache:
             return None
 
     @classmethod
-    def open(cls, root: str, observatory: str, requested_mode: str | None) -> Cache:
+    def open(cls, root: str, observatory: str, requested_mode: str | None, lowers: tuple[str, ...] = ()) -> Cache:
         """The cache at ``root``, in the layout it already has, else ``requested_mode``."""
         if os.path.exists(root) and not os.path.isdir(root):
             raise CacheError(f"cache path {root} exists and is not a directory", "point --cache at a directory")
@@ -342,7 +344,7 @@ class Cache:
                 f"cache {root} is organised {existing!r}, but {requested_mode!r} was asked for",
                 "drop --ref-subdir-mode / CRDS_REF_SUBDIR_MODE or use another cache directory",
             )
-        return cls(root, observatory, existing or requested_mode or DEFAULT_MODE)
+        return cls(root, observatory, existing or requested_mode or DEFAULT_MODE, lowers)
 
     async def settle_layout(self, requested_mode: str | None, prepare: Callable[[str, bytes], bool]) -> Cache:
         """The cache in the layout it is to have, written down before any reference is.
@@ -357,7 +359,7 @@ class Cache:
         final = self.config_path(MODE_FILE)
         claim = await self.claim(final)
         try:
-            settled = Cache.open(self.root, self.observatory, requested_mode)
+            settled = Cache.open(self.root, self.observatory, requested_mode, self.lowers)
             if self.existing_mode(self.root, self.observatory) is None:
                 data = settled.mode.encode("utf-8")
                 _fill(claim, data, prepare(final, data))
@@ -409,17 +411,51 @@ class Cache:
     # ----- state of files -----------------------------------------------------------------
 
     def present(self, path: str) -> os.stat_result | None:
-        """The ``lstat`` of the regular file at ``path``, None if absent; a link is refused."""
+        """The ``lstat`` of the regular file at ``path``, None if absent; a link is refused, but for
+        to a regular file in a lower layer (``--lower``): that file's ``lstat`` then."""
         try:
             with reading(path):
                 info = os.lstat(path)
+                if stat.S_ISLNK(info.st_mode):
+                    info = os.lstat(self.lower_target(path))
         except FileNotFoundError:
             return None
-        if stat.S_ISLNK(info.st_mode):
-            raise link_refused(path)
         if not stat.S_ISREG(info.st_mode):
             raise CacheError(f"{path} is not a regular file", "remove it and run the job again")
         return info
+
+    def lower_target(self, path: str) -> str:
+        """The file in a lower layer that the link at ``path`` names: its absolute, real path, which
+        must lie inside a layer named for this job. Any other link is refused, never followed."""
+        if not self.lowers:
+            raise link_refused(path)
+        target = os.readlink(path)
+        real = os.path.realpath(target)
+        if not (os.path.isabs(target) and real == os.path.normpath(target)
+                and any(os.path.commonpath([real, lower]) == lower for lower in self.lowers)):
+            raise CacheError(f"{path} is a symbolic link to {target}, which is in no lower layer of this job "
+                             f"({', '.join(self.lowers)})",
+                             "name the layer it leads to with --lower, or remove the link (it is fetched again)")
+        return real
+
+    def resolved(self, path: str) -> str:
+        """Where the bytes of the cache's file at ``path`` are: the lower layer's file it links to, or itself."""
+        return self.lower_target(path) if os.path.islink(path) else path
+
+    async def link(self, final: str, target: str) -> bool:
+        """Make ``final`` a link to ``target``, a verified file of a lower layer; False if another
+        writer put a file there first. Under the file's claim, as a write: never over another's."""
+        claim = await self.claim(final)
+        try:
+            if self.present(final) is not None:
+                return False
+            os.symlink(target, final)
+            return True
+        except OSError as exc:
+            raise out_of_room(exc, final) or CacheError(f"cannot link {final} in the cache: {exc.strerror}",
+                                                        "make the cache writable by the job's user") from exc
+        finally:
+            claim.release()
 
     def present_size(self, path: str) -> int | None:
         info = self.present(path)

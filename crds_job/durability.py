@@ -357,6 +357,8 @@ async def _check_file(cache: Cache, rel: str, size: int, sha1: str | None) -> bo
     final = os.path.join(cache.root, rel)
     claim = await cache.claim(final)  # no writer may replace it while it is checked
     try:
+        if os.path.islink(final):  # linked since to a lower layer's file (--lower) by a later warm: not written here
+            return True
         info = cache.present(final)
         if info is None:
             return True

@@ -20,6 +20,8 @@ class Progress:
     bytes_fetched: int = 0  # bytes of files completed and verified
     files_present: int = 0  # already in the cache (or written meanwhile by another process)
     bytes_present: int = 0
+    files_linked: int = 0  # linked from a lower layer (--lower), not fetched
+    bytes_linked: int = 0
     bytes_transferred: int = 0  # every byte received, partial files and retries included
     retries: int = 0
     throttled: int = 0  # requests S3 answered "slow down" and fetch tried again (the SDK's own retries aside)
@@ -31,11 +33,11 @@ class Progress:
 
     def snapshot(self) -> dict[str, Any]:
         seconds = max(self.seconds, 1e-9)
-        done_bytes = self.bytes_fetched + self.bytes_present
+        done_bytes = self.bytes_fetched + self.bytes_present + self.bytes_linked
         rate = self.bytes_transferred / seconds
         left = max(self.bytes_total - done_bytes, 0)
         return {
-            "files_done": self.files_fetched + self.files_present,
+            "files_done": self.files_fetched + self.files_present + self.files_linked,
             "files_total": self.files_total,
             "bytes_done": done_bytes,
             "bytes_total": self.bytes_total,
@@ -52,6 +54,7 @@ class Progress:
             "bytes_fetched": self.bytes_fetched,
             "files_present": self.files_present,
             "bytes_present": self.bytes_present,
+            **({"files_linked": self.files_linked, "bytes_linked": self.bytes_linked} if self.files_linked else {}),
             "retries": self.retries,
             "throttled": self.throttled,
             "seconds": round(seconds, 3),

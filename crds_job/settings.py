@@ -86,6 +86,11 @@ def parse_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def parse_dirs(text: str) -> tuple[str, ...]:
+    """Read ``/efs/crds:/baked`` as folders, in order: separated as PATH is."""
+    return tuple(item for item in text.split(os.pathsep) if item.strip())
+
+
 def parse_paths(text: str) -> tuple[str, ...]:
     """Read ``a.fits,s3://b/c.asdf`` as paths or URLs: commas or newlines, case kept."""
     return tuple(item.strip() for item in re.split(r"[,\n]+", text) if item.strip())
@@ -119,6 +124,8 @@ OPTIONS: tuple[Option, ...] = (
            crds_env="CRDS_CONTEXT", metavar="PMAP"),
     Option("cache", "the CRDS cache directory to fill", default=DEFAULT_CACHE,
            crds_env="CRDS_PATH", metavar="DIR"),
+    Option("lower", "read-only caches under --cache, in order (':' separated): a reference one of them holds "
+           "is linked, not fetched", parse=parse_dirs, default=(), metavar="DIR:..."),
     Option("instruments", "warm only these instruments' references (comma separated)",
            parse=parse_list, default=(), metavar="A,B"),
     Option("datasets", "warm only the references these input datasets need (FITS/ASDF paths or "
@@ -197,6 +204,7 @@ class Settings:
     command: tuple[str, ...]
     context: str | None
     cache: str
+    lower: tuple[str, ...]
     instruments: tuple[str, ...]
     datasets: tuple[str, ...]
     all_references: bool
@@ -256,6 +264,7 @@ class Settings:
         values["command"] = list(self.command)
         values["instruments"] = list(self.instruments)
         values["datasets"] = list(self.datasets)
+        values["lower"] = list(self.lower)
         return {"settings": values, "from": dict(self.sources)}
 
 
@@ -414,6 +423,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
     if values["context"]:
         values["context"] = values["context"].strip()
     values["cache"] = os.path.abspath(os.path.expanduser(values["cache"]))
+    values["lower"] = tuple(os.path.abspath(os.path.expanduser(path)) for path in values["lower"])
     values["datasets"] = tuple(_expanded(path, environ) for path in values["datasets"])
     values["server"], sources["server"] = _server(values["server"], sources["server"], values["source"] == "server"
                                                   or not (location.bucket or values["bucket"]))

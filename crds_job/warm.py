@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bestrefs, crds_server, datasets, launch, mapping, offline, plan, rules, scratch, server_config
+from . import bestrefs, crds_server, datasets, launch, layers, mapping, offline, plan, rules, scratch, server_config
 from .cache import MODE_FILE, Cache, FileId, file_id, open_in_cache, sha1_of
 from .durability import Durability
 from .errors import (
@@ -57,6 +57,7 @@ class Outcome:
     plan: plan.Plan
     to_fetch: list[plan.Entry]
     progress: Progress
+    from_lower: dict[plan.Entry, str] = field(default_factory=dict)  # references linked from a lower layer
     fetched: bool = False
     unchecked_sha1: list[str] = field(default_factory=list)
     selection: datasets.Selection = datasets.Selection((), "none")
@@ -74,7 +75,8 @@ class Outcome:
                 "size": entry.size,
                 "sha1": entry.sha1 or None,
                 "path": self.cache.relpath(entry),
-                "cached": entry.name not in missing,
+                "cached": entry.name not in missing and entry not in self.from_lower,
+                **({"lower": self.from_lower[entry]} if entry in self.from_lower else {}),
             }
             for entry in self.plan.entries
         ]
@@ -97,8 +99,10 @@ class Outcome:
                 "mappings": self.plan.mapping_files,
                 "pickles": self.plan.pickles,
                 "references": len(self.plan.references),
-                "cached_files": len(files) - len(self.to_fetch),
-                "cached_bytes": self.plan.total_bytes - fetch_bytes,
+                "cached_files": len(files) - len(self.to_fetch) - len(self.from_lower),
+                "cached_bytes": self.plan.total_bytes - fetch_bytes - sum(e.size for e in self.from_lower),
+                "lower_files": len(self.from_lower),
+                "lower_bytes": sum(e.size for e in self.from_lower),
                 "fetch_files": len(self.to_fetch),
                 "fetch_bytes": fetch_bytes,
             },
@@ -123,6 +127,8 @@ class _Warm:
         self.fetcher = Fetcher(bucket, settings, self.progress, log, durability)
         self.writable = not settings.dry_run and not offline and cache.writable()
         self.unwritten: dict[plan.Entry, bytes] = {}  # mappings fetched, not written (dry run, read-only cache)
+        self.layers = layers.Layers(cache.lowers, cache.observatory)
+        self.from_lower: dict[plan.Entry, str] = {}  # references a lower layer holds: linked, not fetched
 
     def cover_missing(self, mappings: list[plan.Entry]) -> None:
         """Before ``mappings`` are fetched: a durable journal names those not cached (see ``durability``).
@@ -328,7 +334,8 @@ class _Warm:
                 missing.append(entry)
         corrupt: dict[str, FileId] = {}
         if (self.settings.verify_existing if verify is None else verify) and candidates:
-            sums = await asyncio.gather(*(self.fetcher.in_thread(sha1_of, self.cache.path(e)) for e in candidates))
+            sums = await asyncio.gather(*(self.fetcher.in_thread(sha1_of, self.cache.resolved(self.cache.path(e)))
+                                          for e in candidates))
             for entry, (digest, found) in zip(candidates, sums, strict=True):
                 if not entry.accepts_sha1(digest):
                     self.corrupt_found(entry)
@@ -338,7 +345,38 @@ class _Warm:
             if entry.name not in corrupt:
                 self.progress.files_present += 1
                 self.progress.bytes_present += entry.size
+        if self.layers:
+            missing = await self.in_lower_layers(missing, corrupt, verify)
         return missing, corrupt
+
+    async def in_lower_layers(self, missing: list[plan.Entry], corrupt: dict[str, FileId],
+                              verify: bool | None) -> list[plan.Entry]:
+        """``missing`` less the references a lower layer holds (noted in ``from_lower``).
+
+        Not one the cache holds corrupt: its copy is replaced by the source's, as without layers.
+        """
+        verify = self.settings.verify_existing if verify is None else verify
+        found = {entry: self.layers.find(entry) for entry in missing if entry.name not in corrupt}
+        found = {entry: path for entry, path in found.items() if path}
+        if verify and found:
+            checks = await asyncio.gather(*(self.fetcher.in_thread(self.layers.verified, entry, path)
+                                            for entry, path in found.items()))
+            for (entry, path), good in zip(list(found.items()), checks, strict=True):
+                if not good:
+                    self.log.warning("a lower layer's copy does not have the bucket's sha1: fetched instead",
+                                     file=entry.name, lower=path)
+                    del found[entry]
+        self.from_lower.update(found)
+        return [entry for entry in missing if entry not in found]
+
+    async def link_lower(self) -> None:
+        """Link each reference a lower layer holds into the cache: the command then sees one cache."""
+        for entry, target in self.from_lower.items():
+            linked = await self.cache.link(self.cache.path(entry), target)
+            self.progress.files_linked += linked
+            self.progress.bytes_linked += entry.size if linked else 0
+            self.progress.files_present += not linked  # another writer put it there meanwhile
+            self.progress.bytes_present += 0 if linked else entry.size
 
     async def ask_crds(self, the_rules: rules.Rules, config: server_config.ServerConfig, selection: datasets.Selection,
                        listing: bool) -> bestrefs.Answer:
@@ -463,7 +501,8 @@ async def warm(settings: Settings, log: Any) -> Outcome:
     durability = Durability.choose(settings.cache, settings.fsync, settings.fsync_each)
     if not settings.dry_run:  # before anything in the cache is read, even its layout
         await durability.recover(log)
-    cache = Cache.open(settings.cache, location.observatory, settings.ref_subdir_mode)
+    cache = Cache.open(settings.cache, location.observatory, settings.ref_subdir_mode,
+                       layers.real_roots(settings.lower, settings.cache))
     if settings.source == "server" or (settings.source == "auto" and not location.bucket):
         return await _from_server(settings, cache, durability, log)
     bucket = Bucket(location, settings.concurrency, settings.retries)
@@ -518,7 +557,8 @@ async def _offline(settings: Settings, failure: Unreachable, anonymous: bool, wh
     """The warm again, from the cache alone and without writing it; S3's ``failure`` if the cache cannot
     stand in for it. ``anonymous``: how S3 was read, which is how datasets named by s3:// URIs are read."""
     log.warning("source unreachable: checking whether the cache is complete without it", error=str(failure))
-    cache = Cache.open(settings.cache, settings.location.observatory, settings.ref_subdir_mode)
+    cache = Cache.open(settings.cache, settings.location.observatory, settings.ref_subdir_mode,
+                       layers.real_roots(settings.lower, settings.cache))
     durability = Durability.choose(settings.cache, settings.fsync, settings.fsync_each)
     source = offline.CacheSource(cache, where, anonymous)
     try:
@@ -583,13 +623,15 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     to_fetch = list(job.unwritten) + to_fetch
     unchecked = [entry.name for entry in the_plan.entries if not entry.sha1]
     outcome = Outcome(settings=settings, cache=cache, context=context, plan=the_plan,
-                      to_fetch=to_fetch, progress=progress, unchecked_sha1=unchecked,
+                      to_fetch=to_fetch, from_lower=dict(job.from_lower), progress=progress, unchecked_sha1=unchecked,
                       selection=selection, choices=choices, source=job.bucket.location.uri(""))
     progress.files_total, progress.bytes_total = len(the_plan.entries), the_plan.total_bytes
     log.info("plan", context=context, rules=the_plan.form, mappings=the_plan.mapping_files,
              pickles=the_plan.pickles,
              references=len(the_plan.references),
              bytes=the_plan.total_bytes, fetch_files=len(to_fetch), fetch_bytes=sum(e.size for e in to_fetch),
+             **({"lower_files": len(job.from_lower), "lower_bytes": sum(e.size for e in job.from_lower),
+                 "lower": list(cache.lowers)} if cache.lowers else {}),
              instruments=list(settings.instruments) or "all", mappings_only=settings.mappings_only,
              durability=job.durability.mode,
              references_for=list(selection.datasets) or "the whole context")
@@ -600,7 +642,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     if settings.dry_run and not job.offline:  # offline, the plan stands only if the cache needs nothing more
         return outcome
     if not job.writable:
-        lacking = [entry.name for entry in to_fetch] + job.config_missing()
+        lacking = [entry.name for entry in [*to_fetch, *job.from_lower]] + job.config_missing()
         if lacking and job.offline:
             raise CacheError(f"cache {cache.root} lacks {len(lacking)} file(s) of the plan, e.g. {lacking[0]}",
                              "the cache cannot stand in for the source")
@@ -618,6 +660,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
                          + [(path, len(data), hashlib.sha1(data).hexdigest()) for path, data in config_files.items()])
     reporter = asyncio.ensure_future(report_periodically(progress, log, settings.progress_interval))
     try:
+        await job.link_lower()
         await fetch_all(job.fetcher, cache, to_fetch, corrupt)
     finally:
         reporter.cancel()

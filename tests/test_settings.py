@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 import pytest
@@ -53,7 +54,7 @@ def test_every_option_has_a_twin_that_works():
         "prefix": "/p", "env_file": "/e", "fsync": "on", "fsync_each": "1", "progress_interval": "0.5",
         "log_format": "console", "log_level": "debug", "all_references": "0",  # (1 would clash with the others)
         "pickles": "off", "require_source": "yes", "source": "server", "server": "http://127.0.0.1:1/",
-        "patience": "30",
+        "patience": "30", "lower": "/efs/crds:relative/baked",
     }
     # --datasets excludes the whole-context options set here: its twin is tested in test_datasets.
     assert set(values) | {"datasets"} == {option.name for option in settings.OPTIONS}
@@ -66,6 +67,7 @@ def test_every_option_has_a_twin_that_works():
     assert s.instruments == ("wfi",) and s.mappings_only and s.allow_fetch and s.progress_interval == 0.5
     assert s.source == "server" and s.server_url == "http://127.0.0.1:1"
     assert s.patience == 30.0
+    assert s.lower == ("/efs/crds", os.path.abspath("relative/baked")), "in order, each made absolute"
 
 
 def test_settings_fields_are_exactly_the_options():
