@@ -1,5 +1,6 @@
 # AWS Batch job definition for crds-job: the IAM role that may read only the CRDS cache of one
-# observatory/environment, an execution role, a log group, and the job definition itself.
+# observatory/environment, an execution role, a log group, and the job definition itself. The cache
+# is the job's own (Fargate ephemeral storage), or an EFS access point every job shares (cache_efs_*).
 # JWST has no S3 cache: its job reads its public CRDS server, and its role may read no bucket.
 
 data "aws_region" "current" {}
@@ -76,6 +77,33 @@ locals {
   data_mount_points = [for volume in local.data_volumes : {
     sourceVolume = volume.name, containerPath = var.data_mount_path, readOnly = false
   }]
+
+  # The CRDS cache on EFS, shared by every job mounting the same access point: mounted where the
+  # container's CRDS_PATH points, read-write (crds-job warms it), only through the access point
+  # (its POSIX user, uid 10001, and its root directory), TLS in transit, the job role's IAM.
+  # Batch wants no rootDirectory (or "/") beside an access point: the access point sets it.
+  shared_cache = var.cache_efs_file_system_id != null
+  cache_volumes = local.shared_cache ? [{
+    name = "crds-cache"
+    efsVolumeConfiguration = {
+      fileSystemId        = var.cache_efs_file_system_id
+      transitEncryption   = "ENABLED"
+      authorizationConfig = { accessPointId = var.cache_efs_access_point_id, iam = "ENABLED" }
+    }
+  }] : []
+  cache_mount_points = [for volume in local.cache_volumes : {
+    sourceVolume = volume.name, containerPath = local.environment["CRDS_PATH"], readOnly = false
+  }]
+
+  volumes      = concat(local.cache_volumes, local.data_volumes)
+  mount_points = concat(local.cache_mount_points, local.data_mount_points)
+
+  # Fargate's ephemeral storage holds the cache unless EFS does; with an EFS cache only the run
+  # is local, and Fargate's own 20 GiB (no ephemeralStorage, not billed) is left unless one is set.
+  ephemeral_storage_gib = !local.fargate ? null : (
+    var.ephemeral_storage_gib != null ? var.ephemeral_storage_gib : (local.shared_cache ? null : 200)
+  )
+  efs_arn = "arn:${data.aws_partition.current.partition}:elasticfilesystem:${data.aws_region.current.name}:*"
 }
 
 data "aws_iam_policy_document" "assume_ecs_tasks" {
@@ -151,6 +179,28 @@ resource "aws_iam_role_policy" "use_data_efs" {
   policy = data.aws_iam_policy_document.use_data_efs[0].json
 }
 
+data "aws_iam_policy_document" "use_cache_efs" {
+  count = local.shared_cache ? 1 : 0
+  statement {
+    sid       = "MountCrdsCache"
+    actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    resources = ["${local.efs_arn}:file-system/${var.cache_efs_file_system_id}"]
+    # Through the cache's access point only (its uid and root directory), never the whole file system.
+    condition {
+      test     = "ArnLike"
+      variable = "elasticfilesystem:AccessPointArn"
+      values   = ["${local.efs_arn}:access-point/${var.cache_efs_access_point_id}"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "use_cache_efs" {
+  count  = local.shared_cache ? 1 : 0
+  name   = "use-cache-efs"
+  role   = aws_iam_role.job.id
+  policy = data.aws_iam_policy_document.use_cache_efs[0].json
+}
+
 resource "aws_iam_role" "execution" {
   name               = "${var.name}-execution"
   description        = "crds-job: pull the image and write logs"
@@ -181,8 +231,8 @@ resource "aws_batch_job_definition" "this" {
         { type = "MEMORY", value = tostring(var.memory_mib) },
       ]
       environment = [for key in sort(keys(local.environment)) : { name = key, value = local.environment[key] }]
-      volumes     = local.data_volumes
-      mountPoints = local.data_mount_points
+      volumes     = local.volumes
+      mountPoints = local.mount_points
       logConfiguration = {
         logDriver = "awslogs"
         options = {
@@ -192,11 +242,12 @@ resource "aws_batch_job_definition" "this" {
         }
       }
     },
+    # LATEST: Fargate 1.4.0 or later, the first to mount EFS.
     local.fargate ? {
-      ephemeralStorage             = { sizeInGiB = var.ephemeral_storage_gib }
       networkConfiguration         = { assignPublicIp = "ENABLED" }
       fargatePlatformConfiguration = { platformVersion = "LATEST" }
     } : {},
+    local.ephemeral_storage_gib != null ? { ephemeralStorage = { sizeInGiB = local.ephemeral_storage_gib } } : {},
   ))
 
   retry_strategy {

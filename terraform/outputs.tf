@@ -39,6 +39,11 @@ output "command" {
 }
 
 output "volumes" {
-  description = "The job definition's volumes and where the container mounts them (the exposures' EFS, if any)."
-  value       = { volumes = local.data_volumes, mountPoints = local.data_mount_points }
+  description = "The job definition's volumes and where the container mounts them (the cache's EFS and the exposures', if any)."
+  value       = { volumes = local.volumes, mountPoints = local.mount_points }
+}
+
+output "ephemeral_storage_gib" {
+  description = "Fargate ephemeral storage the job definition asks for, in GiB; null: none asked (EC2, or Fargate's default 20 beside an EFS cache)."
+  value       = local.ephemeral_storage_gib
 }

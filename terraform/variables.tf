@@ -107,12 +107,12 @@ variable "memory_mib" {
 }
 
 variable "ephemeral_storage_gib" {
-  description = "Fargate ephemeral storage for the cache and the run, in GiB (21 to 200). A whole Roman context is about 150 GB."
+  description = "Fargate ephemeral storage for the cache and the run, in GiB (21 to 200). A whole Roman context is about 150 GB. null: 200, or Fargate's default 20 with an EFS cache (cache_efs_file_system_id), which leaves only the run local."
   type        = number
-  default     = 200
+  default     = null
 
   validation {
-    condition     = var.ephemeral_storage_gib >= 21 && var.ephemeral_storage_gib <= 200
+    condition     = coalesce(var.ephemeral_storage_gib, 200) >= 21 && coalesce(var.ephemeral_storage_gib, 200) <= 200
     error_message = "Fargate ephemeral storage is 21 to 200 GiB."
   }
 }
@@ -152,6 +152,33 @@ variable "data_mount_path" {
   validation {
     condition     = startswith(var.data_mount_path, "/") && var.data_mount_path != "/crds-cache"
     error_message = "data_mount_path is an absolute path other than the cache's (/crds-cache)."
+  }
+}
+
+variable "cache_efs_file_system_id" {
+  description = "EFS file system of a CRDS cache shared by every job mounting it (fs-...), mounted at the container's CRDS_PATH through cache_efs_access_point_id. null: the job's own cache, in its ephemeral storage."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.cache_efs_file_system_id == null || can(regex("^fs-[0-9a-f]{8,40}$", var.cache_efs_file_system_id))
+    error_message = "cache_efs_file_system_id is an EFS file system ID, fs-0123456789abcdef0."
+  }
+}
+
+variable "cache_efs_access_point_id" {
+  description = "EFS access point of the cache (fsap-...): required with cache_efs_file_system_id. Its POSIX user is the image's uid 10001, its root directory (created owned by 10001, mode 0755) the cache."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = (var.cache_efs_access_point_id == null) == (var.cache_efs_file_system_id == null)
+    error_message = "cache_efs_access_point_id and cache_efs_file_system_id go together: the cache is mounted only through an access point (uid 10001, IAM authorization)."
+  }
+
+  validation {
+    condition     = var.cache_efs_access_point_id == null || can(regex("^fsap-[0-9a-f]{8,40}$", var.cache_efs_access_point_id))
+    error_message = "cache_efs_access_point_id is an EFS access point ID, fsap-0123456789abcdef0."
   }
 }
 

@@ -67,7 +67,7 @@ def test_terraform_fmt():
 
 
 @needs_provider
-@pytest.mark.parametrize("folder", ["", "examples/roman-ops"])
+@pytest.mark.parametrize("folder", ["", "examples/roman-ops", "examples/roman-ops-shared-cache"])
 def test_terraform_validate(tmp_path, folder):
     copy = tmp_path / "terraform"
     shutil.copytree(MODULE, copy, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
@@ -77,17 +77,34 @@ def test_terraform_validate(tmp_path, folder):
     assert json.loads(done.stdout)["valid"], done.stdout
 
 
-def plan(tmp_path, **module_args) -> dict:
-    """Plan the module offline with ``module_args``; return terraform's JSON plan."""
+#: The roles the job definition names (its key, the module's role, an ARN), known at plan in a ``rendered`` plan.
+KNOWN_ROLES = (("jobRoleArn", "job", "arn:aws:iam::111122223333:role/crds-job-job"),
+               ("executionRoleArn", "execution", "arn:aws:iam::111122223333:role/crds-job-execution"))
+
+
+def plan(tmp_path, *, rendered: bool = False, **module_args) -> dict:
+    """Plan the module offline with ``module_args``; return terraform's JSON plan.
+
+    ``rendered``: the copy planned names the job definition's roles by known ARNs, not by the
+    roles' own (known only once applied), so that its ``container_properties`` is rendered at plan
+    and checked by the AWS provider, as it will be at apply.
+    """
     copy = tmp_path / "module"
     shutil.copytree(MODULE, copy, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*", "examples"))
+    if rendered:
+        text = (copy / "main.tf").read_text()
+        for key, role, arn in KNOWN_ROLES:
+            text, count = re.subn(rf"\b{key}( += )aws_iam_role\.{role}\.arn\b", rf'{key}\1"{arn}"', text)
+            assert count == 1, f"the job definition's {key} is aws_iam_role.{role}.arn"
+        (copy / "main.tf").write_text(text)
     root = tmp_path / "root"
     root.mkdir()
     arguments = "\n".join(f"  {key} = {json.dumps(value)}" for key, value in module_args.items())
     (root / "main.tf").write_text(OFFLINE_PROVIDER + f'module "crds_job" {{\n  source = "../module"\n{arguments}\n}}\n'
                                   'output "environment" { value = module.crds_job.environment }\n'
                                   'output "command" { value = module.crds_job.command }\n'
-                                  'output "volumes" { value = module.crds_job.volumes }\n')
+                                  'output "volumes" { value = module.crds_job.volumes }\n'
+                                  'output "ephemeral_storage_gib" { value = module.crds_job.ephemeral_storage_gib }\n')
     assert terraform("init", "-backend=false", f"-plugin-dir={PLUGINS}", "-input=false", cwd=str(root)).returncode == 0
     done = terraform("plan", "-input=false", "-refresh=false", "-out=plan.bin", cwd=str(root))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -97,6 +114,11 @@ def plan(tmp_path, **module_args) -> dict:
 def resources(planned: dict) -> dict[str, dict]:
     module = planned["planned_values"]["root_module"]["child_modules"][0]
     return {r["address"].removeprefix("module.crds_job."): r["values"] for r in module["resources"]}
+
+
+def rendered_container(planned: dict) -> dict:
+    """The job definition's container properties, from a ``rendered`` plan."""
+    return json.loads(resources(planned)["aws_batch_job_definition.this"]["container_properties"])
 
 
 #: The job role's S3 policy: one where there is a bucket to read (count), none for JWST.
@@ -186,6 +208,15 @@ def test_retries_are_crds_jobs_retryable_exit_codes_only(tmp_path):
     ({"observatory": "jwst", "environment": "dev"}, "environment must be one of"),
     ({"observatory": "jwst", "environment": "ops", "server": "jwst-crds.stsci.edu"}, "server is an http"),
     ({"observatory": "roman", "environment": "ops", "settings": {"AWS_SECRET_ACCESS_KEY": "x"}}, "CRDS_JOB_"),
+    # The shared cache is mounted through an access point (uid 10001, IAM) or not at all.
+    ({"observatory": "roman", "environment": "ops", "cache_efs_file_system_id": "fs-0123456789abcdef0"},
+     "go together"),
+    ({"observatory": "roman", "environment": "ops", "cache_efs_access_point_id": "fsap-0123456789abcdef0"},
+     "go together"),
+    ({"observatory": "roman", "environment": "ops", "cache_efs_file_system_id": "fsap-0123456789abcdef0",
+      "cache_efs_access_point_id": "fsap-0123456789abcdef0"}, "is an EFS file system ID"),
+    ({"observatory": "roman", "environment": "ops", "cache_efs_file_system_id": "fs-0123456789abcdef0",
+      "cache_efs_access_point_id": "fs-0123456789abcdef0"}, "is an EFS access point ID"),
 ])
 def test_variables_refuse_what_crds_job_would_refuse(tmp_path, args, message):
     with pytest.raises(AssertionError, match=message):
@@ -234,11 +265,12 @@ def test_module_layout_and_readme():
 def test_the_exposures_volume_is_mounted_and_the_role_may_use_it(tmp_path, access_point):
     """Array children read /data/exposure-N: without a volume there, every one would fail."""
     efs = {"file_system_id": "fs-0123456789abcdef0", **({"access_point_id": access_point} if access_point else {})}
-    planned = plan(tmp_path, observatory="roman", environment="ops", image="crds-job:0.1.0", data_efs=efs)
+    planned = plan(tmp_path, rendered=True, observatory="roman", environment="ops", image="crds-job:0.1.0",
+                   data_efs=efs)
     found = resources(planned)
     container = planned["planned_values"]["outputs"]["volumes"]["value"]
-    with open(os.path.join(MODULE, "main.tf")) as handle:  # the job definition's own, known only once applied
-        assert re.search(r"volumes += local.data_volumes\n +mountPoints += local.data_mount_points", handle.read())
+    job = rendered_container(planned)  # the job definition's own, as the provider accepted it
+    assert container == {"volumes": job["volumes"], "mountPoints": job["mountPoints"]}
     (volume,) = container["volumes"]
     config = volume["efsVolumeConfiguration"]
     assert config["fileSystemId"] == efs["file_system_id"] and config["transitEncryption"] == "ENABLED"
@@ -255,3 +287,127 @@ def test_the_exposures_volume_is_mounted_and_the_role_may_use_it(tmp_path, acces
     planned = plan(tmp_path / "none", observatory="roman", environment="ops", image="crds-job:0.1.0")
     assert "aws_iam_role_policy.use_data_efs[0]" not in resources(planned)
     assert planned["planned_values"]["outputs"]["volumes"]["value"] == {"volumes": [], "mountPoints": []}
+
+
+#: A shared cache: an EFS file system and the access point the job mounts it through.
+CACHE_EFS = {"cache_efs_file_system_id": "fs-0aaaaaaaaaaaaaaaa", "cache_efs_access_point_id": "fsap-0bbbbbbbbbbbbbbbb"}
+EFS_ACTIONS = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+
+
+def role_policies(found: dict[str, dict]) -> dict[str, dict]:
+    """The job role's inline policies, parsed, by address."""
+    return {address: json.loads(values["policy"]) for address, values in found.items()
+            if address.startswith("aws_iam_role_policy.")}
+
+
+@needs_provider
+@pytest.mark.parametrize("platform", ["FARGATE", "EC2"])
+def test_the_shared_cache_is_mounted_where_crds_path_points_through_its_access_point(tmp_path, platform):
+    """Every job of the definition warms and reads the one EFS cache: at CRDS_PATH, writable, over TLS, as uid 10001."""
+    planned = plan(tmp_path, rendered=True, observatory="roman", environment="ops", image="crds-job:0.1.0",
+                   platform=platform, **CACHE_EFS)
+    job = rendered_container(planned)  # as the provider accepted it
+    outputs = planned["planned_values"]["outputs"]
+    assert outputs["volumes"]["value"] == {"volumes": job["volumes"], "mountPoints": job["mountPoints"]}
+    (volume,) = job["volumes"]
+    # An access point sets the root directory (Batch refuses another beside it) and the POSIX user.
+    assert volume["efsVolumeConfiguration"] == {
+        "fileSystemId": CACHE_EFS["cache_efs_file_system_id"],
+        "transitEncryption": "ENABLED",
+        "authorizationConfig": {"accessPointId": CACHE_EFS["cache_efs_access_point_id"], "iam": "ENABLED"},
+    }
+    (mount,) = job["mountPoints"]
+    crds_path = {variable["name"]: variable["value"] for variable in job["environment"]}["CRDS_PATH"]
+    assert mount == {"sourceVolume": volume["name"], "containerPath": crds_path, "readOnly": False}
+    assert settings.parse([], outputs["environment"]["value"]).cache == crds_path, "where crds-job warms"
+    # IAM authorization mounts with the job role: the role given the policy is the one the job runs as.
+    assert job["jobRoleArn"] == KNOWN_ROLES[0][2]
+    configured = planned["configuration"]["root_module"]["module_calls"]["crds_job"]["module"]["resources"]
+    (policy_config,) = [r for r in configured if r["address"] == "aws_iam_role_policy.use_cache_efs"]
+    assert "aws_iam_role.job" in policy_config["expressions"]["role"]["references"]
+    if platform == "FARGATE":
+        # Fargate mounts EFS from platform version 1.4.0 on (LATEST is that or later).
+        version = job["fargatePlatformConfiguration"]["platformVersion"]
+        assert version == "LATEST" or tuple(map(int, version.split("."))) >= (1, 4, 0), version
+        # Ephemeral storage no longer holds the cache: Fargate's default 20 GiB, unless asked for.
+        assert "ephemeralStorage" not in job and outputs["ephemeral_storage_gib"]["value"] is None
+        asked = plan(tmp_path / "asked", rendered=True, observatory="roman", environment="ops",
+                     image="crds-job:0.1.0", ephemeral_storage_gib=50, **CACHE_EFS)
+        assert rendered_container(asked)["ephemeralStorage"] == {"sizeInGiB": 50}
+        assert asked["planned_values"]["outputs"]["ephemeral_storage_gib"]["value"] == 50
+    else:
+        assert "ephemeralStorage" not in job and "fargatePlatformConfiguration" not in job
+
+
+@needs_provider
+def test_the_job_role_may_use_the_cache_file_system_only_through_its_access_point(tmp_path):
+    planned = plan(tmp_path, observatory="roman", environment="ops", image="crds-job:0.1.0", **CACHE_EFS)
+    policies = role_policies(resources(planned))
+    (statement,) = policies.pop("aws_iam_role_policy.use_cache_efs[0]")["Statement"]
+    assert statement["Effect"] == "Allow" and sorted(statement["Action"]) == EFS_ACTIONS, "no ClientRootAccess"
+    efs = "arn:aws:elasticfilesystem:us-east-1:*"  # the account is not known offline, nor needed: IDs are unique
+    assert statement["Resource"] == f"{efs}:file-system/{CACHE_EFS['cache_efs_file_system_id']}"
+    assert statement["Condition"] == {
+        "ArnLike": {"elasticfilesystem:AccessPointArn": f"{efs}:access-point/{CACHE_EFS['cache_efs_access_point_id']}"}
+    }
+    assert "elasticfilesystem" not in json.dumps(policies), "no other EFS permission"
+    # With the exposures' file system too, each volume keeps its own mount and permission.
+    planned = plan(tmp_path / "data", observatory="roman", environment="ops", image="crds-job:0.1.0",
+                   data_efs={"file_system_id": "fs-0cccccccccccccccc"}, **CACHE_EFS)
+    container = planned["planned_values"]["outputs"]["volumes"]["value"]
+    mounts = {mount["sourceVolume"]: mount["containerPath"] for mount in container["mountPoints"]}
+    assert sorted(mounts.values()) == ["/crds-cache", "/data"] and len(container["volumes"]) == len(mounts) == 2
+    policies = role_policies(resources(planned))
+    assert policies["aws_iam_role_policy.use_cache_efs[0]"]["Statement"] == [statement]
+    assert policies["aws_iam_role_policy.use_data_efs[0]"]["Statement"][0]["Resource"].endswith("/fs-0cccccccccccccccc")
+
+
+@needs_provider
+@pytest.mark.parametrize("platform, storage", [("FARGATE", 200), ("EC2", None)])
+def test_without_a_shared_cache_the_job_definition_is_as_before(tmp_path, platform, storage):
+    """No cache_efs_*: the cache is the job's own, in 200 GiB of Fargate ephemeral storage; no EFS, no EFS IAM."""
+    planned = plan(tmp_path, rendered=True, observatory="roman", environment="ops", image="crds-job:0.1.0",
+                   platform=platform)
+    found = resources(planned)
+    assert set(found) == {
+        "aws_batch_job_definition.this", "aws_cloudwatch_log_group.this", "aws_iam_role.execution",
+        "aws_iam_role.job", "aws_iam_role_policy.read_crds_cache[0]", "aws_iam_role_policy_attachment.execution",
+    }
+    assert "elasticfilesystem" not in json.dumps(role_policies(found))
+    job = rendered_container(planned)  # as the provider accepted it: a number of GiB, not a string
+    assert (job["volumes"], job["mountPoints"]) == ([], [])
+    assert job.get("ephemeralStorage") == (None if storage is None else {"sizeInGiB": storage})
+    outputs = planned["planned_values"]["outputs"]
+    assert outputs["volumes"]["value"] == {"volumes": [], "mountPoints": []}
+    assert outputs["ephemeral_storage_gib"]["value"] == storage
+    assert sorted(job) == sorted([
+        "image", "command", "jobRoleArn", "executionRoleArn", "resourceRequirements", "environment", "volumes",
+        "mountPoints", "logConfiguration",
+        *(["ephemeralStorage", "networkConfiguration", "fargatePlatformConfiguration"] if storage else []),
+    ])
+
+
+def test_the_shared_cache_example_gives_the_cache_to_the_images_user():
+    """The access point's POSIX user and root directory are the image's uid: the job writes as 10001."""
+    with open(os.path.join(ROOT, "Dockerfile")) as handle:
+        uid = int(re.search(r"^ARG APP_UID=(\d+)$", handle.read(), re.MULTILINE).group(1))
+    options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)
+    with open(os.path.join(MODULE, "examples", "roman-ops-shared-cache", "main.tf")) as handle:
+        example = hcl2.load(handle, serialization_options=options)
+    found = {(kind, name): body for block in example["resource"] for kind, named in block.items()
+             for name, body in named.items()}
+    ((_, access_point_name),) = [key for key in found if key[0] == "aws_efs_access_point"]
+    access_point = found["aws_efs_access_point", access_point_name]
+    (file_system,) = [name for kind, name in found if kind == "aws_efs_file_system"]
+    (posix_user,) = access_point["posix_user"]
+    assert (posix_user["uid"], posix_user["gid"]) == (uid, uid)
+    (root,) = access_point["root_directory"]
+    (creation,) = root["creation_info"]
+    assert (creation["owner_uid"], creation["owner_gid"], creation["permissions"]) == (uid, uid, "0755")
+    reference = f"${{aws_efs_file_system.{file_system}.id}}"
+    assert access_point["file_system_id"] == reference
+    assert any(kind == "aws_efs_mount_target" and body["file_system_id"] == reference
+               for (kind, _), body in found.items()), "a mount target, or no job reaches it"
+    (module,) = [block["crds_job"] for block in example["module"]]
+    assert module["cache_efs_file_system_id"] == reference
+    assert module["cache_efs_access_point_id"] == f"${{aws_efs_access_point.{access_point_name}.id}}"
