@@ -21,9 +21,9 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from . import launch, logs, rules
+from . import launch, logs, retention, rules
 from . import settings as settings_module
-from .cache import nearest_existing, out_of_room, still_at, temp_path
+from .cache import Cache, nearest_existing, out_of_room, still_at, temp_path
 from .errors import CrdsJobError, ExitCode, Interrupted, UsageError
 from .settings import Settings
 from .warm import Outcome, warm
@@ -76,6 +76,21 @@ def _drain(reader: socket.socket) -> None:
 def run_warm(settings: Settings, log: object) -> Outcome:
     """Run the warm, stopped cleanly by a stop signal (``run_stoppable``)."""
     return run_stoppable(lambda: warm(settings, log))
+
+
+def run_prune(settings: Settings, log: object) -> int:
+    """``--prune``: prune the cache; the report on stdout with ``--dry-run`` (as a warm's plan), else in the log."""
+    cache = Cache.open(settings.cache, settings.location.observatory, None)
+    done = run_stoppable(lambda: retention.prune(cache, settings.keep_contexts, settings.keep, settings.max_bytes,
+                                                 settings.dry_run, log))
+    launch.release_stop_signals()
+    if settings.dry_run:
+        sys.stdout.write(json.dumps({**done.report(), "files": [{"path": path, "size": size}
+                                                               for path, size in done.removed]}, indent=1) + "\n")
+        sys.stdout.flush()
+    log.info("would prune" if settings.dry_run else "pruned",  # type: ignore[attr-defined]
+             cache=cache.root, **done.report())
+    return ExitCode.OK
 
 
 def run_stoppable(work: Callable[[], Awaitable[T]]) -> T:
@@ -185,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             launch.check_startable(settings.command, environ)
         if settings.env_file and not settings.dry_run:
             check_env_file(settings.env_file)
+        if settings.prune:
+            return run_prune(settings, log)
         outcome = run_warm(settings, log)
         if settings.dry_run:
             if settings.command:  # a dry run left set (CRDS_JOB_DRY_RUN in shared settings) must not pass unseen

@@ -149,6 +149,15 @@ OPTIONS: tuple[Option, ...] = (
            parse=_positive(float, 86400), default=300.0, metavar="SECONDS"),
     Option("dry_run", "print the plan (files, bytes, what is cached) as JSON on stdout; "
            "fetch nothing, run nothing", parse=parse_bool, default=False, flag_value=True),
+    Option("prune", "prune the cache instead of warming it: keep what --keep-contexts, --keep and --max-bytes "
+           "say, and every file a running warm or command may open; with --dry-run, only say what would go",
+           parse=parse_bool, default=False, flag_value=True),
+    Option("keep_contexts", "--prune: keep the files of the N contexts most recently warmed here",
+           parse=_positive(int, 10**6), metavar="N"),
+    Option("keep", "--prune: keep the files of these contexts (comma separated), warmed here",
+           parse=parse_list, default=(), metavar="PMAP,..."),
+    Option("max_bytes", "--prune: remove the least recently used references until they hold at most this",
+           parse=_positive(parse_size, 2**60, "1EiB"), metavar="BYTES"),
     Option("verify_existing", "re-hash files already in the cache instead of trusting their size",
            parse=parse_bool, default=False, flag_value=True),
     Option("allow_fetch", "let the command's crds fetch cache misses from S3 "
@@ -215,6 +224,10 @@ class Settings:
     retries: int
     patience: float
     dry_run: bool
+    prune: bool
+    keep_contexts: int | None
+    keep: tuple[str, ...]
+    max_bytes: int | None
     verify_existing: bool
     allow_fetch: bool
     require_source: bool
@@ -265,6 +278,7 @@ class Settings:
         values["instruments"] = list(self.instruments)
         values["datasets"] = list(self.datasets)
         values["lower"] = list(self.lower)
+        values["keep"] = list(self.keep)
         return {"settings": values, "from": dict(self.sources)}
 
 
@@ -436,6 +450,14 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
         if clash:  # neither may silently win: the job would not do what one of them says
             given = [_as_given(name, values[name]) + f" (from {sources[name]})" for name in pair]
             raise UsageError(f"{given[0]} cannot be combined with {given[1]}", "drop one of them")
+    retention = [OPTION_BY_NAME[name].flag for name in ("keep_contexts", "keep", "max_bytes") if values[name]]
+    if values["prune"] and not retention:
+        raise UsageError("--prune needs to be told what to keep", "add --keep-contexts N, --keep PMAP,... "
+                         "or --max-bytes BYTES")
+    if retention and not values["prune"]:
+        raise UsageError(f"{', '.join(retention)} only apply to --prune", "add --prune, or drop them")
+    if values["prune"] and command:
+        raise UsageError("--prune runs no command", "prune in a job of its own, then run the command")
     if values["datasets"]:
         clash = [OPTION_BY_NAME[name].flag for name in ("all_references", "mappings_only", "instruments")
                  if values[name]]

@@ -23,7 +23,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import bestrefs, crds_server, datasets, launch, layers, mapping, offline, plan, rules, scratch, server_config
+from . import (
+    bestrefs,
+    crds_server,
+    datasets,
+    launch,
+    layers,
+    mapping,
+    offline,
+    plan,
+    retention,
+    rules,
+    scratch,
+    server_config,
+)
 from .cache import MODE_FILE, Cache, FileId, file_id, open_in_cache, sha1_of
 from .durability import Durability
 from .errors import (
@@ -58,6 +71,7 @@ class Outcome:
     to_fetch: list[plan.Entry]
     progress: Progress
     from_lower: dict[plan.Entry, str] = field(default_factory=dict)  # references linked from a lower layer
+    lease: int | None = None  # the descriptor of this warm's lease: open (and locked) until the process ends
     fetched: bool = False
     unchecked_sha1: list[str] = field(default_factory=list)
     selection: datasets.Selection = datasets.Selection((), "none")
@@ -128,6 +142,10 @@ class _Warm:
         self.writable = not settings.dry_run and not offline and cache.writable()
         self.unwritten: dict[plan.Entry, bytes] = {}  # mappings fetched, not written (dry run, read-only cache)
         self.layers = layers.Layers(cache.lowers, cache.observatory)
+        #: Whether this warm leases what it plans (``retention``): a cache it may write, and writes (no dry run,
+        #: nor a warm through an outage, which writes nothing at all).
+        self.leasing = self.writable
+        self.gate: retention.Gate | None = None
         self.from_lower: dict[plan.Entry, str] = {}  # references a lower layer holds: linked, not fetched
 
     def cover_missing(self, mappings: list[plan.Entry]) -> None:
@@ -369,6 +387,17 @@ class _Warm:
         self.from_lower.update(found)
         return [entry for entry in missing if entry not in found]
 
+    def plan_paths(self, the_plan: plan.Plan) -> list[str]:
+        """The plan's files, relative to the cache: what its lease and its context's record name."""
+        return [self.cache.relpath(entry) for entry in the_plan.entries]
+
+    def used(self, context: str, the_plan: plan.Plan) -> None:
+        """The plan is in the cache: record it for its context, and mark its files used (``retention``)."""
+        if self.gate is None:
+            return
+        retention.record(self.cache.root, self.cache.observatory, context, self.plan_paths(the_plan))
+        retention.touch(self.cache.path(entry) for entry in the_plan.entries)
+
     async def link_lower(self) -> None:
         """Link each reference a lower layer holds into the cache: the command then sees one cache."""
         for entry, target in self.from_lower.items():
@@ -575,6 +604,16 @@ async def _offline(settings: Settings, failure: Unreachable, anonymous: bool, wh
 
 
 async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
+    """One warm, holding the cache's prune gate (``retention``) from before it looks at what the cache
+    holds (once the source has answered) until its lease is written, where it writes the cache."""
+    try:
+        return await _steps(job, settings, log)
+    finally:
+        if job.gate is not None:
+            job.gate.release()
+
+
+async def _steps(job: _Warm, settings: Settings, log: Any) -> Outcome:
     cache, progress = job.cache, job.progress
     selection = datasets.select(settings.datasets, settings.command,
                                 whole_context=bool(settings.all_references or settings.instruments
@@ -589,6 +628,8 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
         if removed:
             log.info("removed temporary files left by an interrupted job", count=removed)
     config = await job.read_config()
+    if job.leasing and os.path.isdir(cache.root):  # the source answered: this warm will use the cache
+        job.gate = await retention.Gate.enter(cache.root, exclusive=False, log=log)
     named = None
     if settings.context:  # a name only the source resolves (a date, build): one more request, retried
         named = await job.fetcher.request(f"context {settings.context}",
@@ -619,6 +660,8 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     if job.writable:  # before any reference is looked for or written: another first warm may be filling
         # the cache in another layout. Not sooner: a warm that fails on the bucket's content leaves no trace.
         job.cache = cache = await cache.settle_layout(settings.ref_subdir_mode, job.cover_one)
+    if job.leasing and job.gate is None:  # a cache this warm made: the gate, before a reference is looked for
+        job.gate = await retention.Gate.enter(cache.root, exclusive=False, log=log)
     to_fetch, corrupt = await job.survey(the_plan.references)
     to_fetch = list(job.unwritten) + to_fetch
     unchecked = [entry.name for entry in the_plan.entries if not entry.sha1]
@@ -641,6 +684,8 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
                     count=len(unchecked), first=unchecked[:5])
     if settings.dry_run and not job.offline:  # offline, the plan stands only if the cache needs nothing more
         return outcome
+    if job.gate is not None:  # from here on, no prune removes a file of the plan: not while this process lives
+        outcome.lease = retention.take_lease(cache.root, cache.observatory, context, job.plan_paths(the_plan))
     if not job.writable:
         lacking = [entry.name for entry in [*to_fetch, *job.from_lower]] + job.config_missing()
         if lacking and job.offline:
@@ -653,6 +698,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
             return outcome
         log.info("the cache holds every planned file" if job.offline else "read-only cache holds every planned file",
                  files=len(the_plan.entries))
+        job.used(context, the_plan)
         return outcome
     cache.check_space(sum(entry.size for entry in to_fetch))
     config_files = job.config_to_write(config)  # written last: a cache with a config is complete
@@ -665,6 +711,7 @@ async def _run(job: _Warm, settings: Settings, log: Any) -> Outcome:
     finally:
         reporter.cancel()
     await job.write_config(config_files)
+    job.used(context, the_plan)
     outcome.fetched = True
     log.info("warmed", context=context, cache=cache.root, **progress.summary())
     return outcome

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from crds_job import cache as cache_module
-from crds_job import durability
+from crds_job import durability, retention
 from crds_job.sample import context, server
 from crds_job.sample.context import render_mapping
 
@@ -159,11 +159,12 @@ def largest_wfi_reference(bucket: Bucket) -> str:
 
 
 def cache_files(root: str) -> dict[str, int]:
-    """Every file under ``root`` (relative path -> size), temp files included, journals not (test_durability's)."""
+    """Every file under ``root`` (relative path -> size), temp files included; not crds-job's own bookkeeping
+    (journals: test_durability's; leases and records: test_retention's)."""
     found = {}
     for folder, dirs, files in os.walk(root):
-        if folder == root and durability.FOLDER in dirs:
-            dirs.remove(durability.FOLDER)
+        if folder == root:
+            dirs[:] = [name for name in dirs if name not in (durability.FOLDER, retention.FOLDER)]
         for name in files:
             path = os.path.join(folder, name)
             found[os.path.relpath(path, root)] = os.path.getsize(path)

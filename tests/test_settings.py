@@ -55,6 +55,7 @@ def test_every_option_has_a_twin_that_works():
         "log_format": "console", "log_level": "debug", "all_references": "0",  # (1 would clash with the others)
         "pickles": "off", "require_source": "yes", "source": "server", "server": "http://127.0.0.1:1/",
         "patience": "30", "lower": "/efs/crds:relative/baked",
+        "prune": "1", "keep_contexts": "2", "keep": "roman_0050.pmap", "max_bytes": "500G",
     }
     # --datasets excludes the whole-context options set here: its twin is tested in test_datasets.
     assert set(values) | {"datasets"} == {option.name for option in settings.OPTIONS}
@@ -68,6 +69,7 @@ def test_every_option_has_a_twin_that_works():
     assert s.source == "server" and s.server_url == "http://127.0.0.1:1"
     assert s.patience == 30.0
     assert s.lower == ("/efs/crds", os.path.abspath("relative/baked")), "in order, each made absolute"
+    assert s.prune and (s.keep_contexts, s.keep, s.max_bytes) == (2, ("roman_0050.pmap",), 500 * 2**30)
 
 
 def test_settings_fields_are_exactly_the_options():
