@@ -212,3 +212,18 @@ def test_the_harness_runs_through_a_shaped_path(tmp_path):
                           "--linear", "", "--no-selective")
     assert "reached through a 5 ms first-byte delay and 500 MB/s per connection" in report
     assert "| crds sync (baseline) |" in report and "| crds-job |" in report
+
+
+def test_the_retention_benchmark_runs_and_prints_its_tables(tmp_path):
+    pytest.importorskip("crds", reason="a selective warm asks the real crds client for an exposure's references")
+    out = tmp_path / "retention.md"
+    done, report = quick_run("retention.py", out)
+    for row in ("| roman_0050.pmap (whole context), empty cache |", "| then roman_0051.pmap, same cache |",
+                "| roman_0051.pmap alone, empty cache (for comparison) |", "The second warm fetched ",
+                "## Pruning a cache of 500 references", "| crds-job --prune --keep-contexts 1 |",
+                "| crds-job --prune --keep-contexts 1 --dry-run |", "| the floor: os.unlink of the same files",
+                "| crds-job --version (",
+                "| one shared node cache | 4 |", "| a fresh cache each | 4 |",
+                "A cache per job / the shared cache: "):
+        assert row in report, row
+    assert report.strip() == done.stdout.strip()  # --out holds what was printed
