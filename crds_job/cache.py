@@ -440,15 +440,20 @@ class Cache:
 
     def resolved(self, path: str) -> str:
         """Where the bytes of the cache's file at ``path`` are: the lower layer's file it links to, or itself."""
-        return self.lower_target(path) if os.path.islink(path) else path
+        with reading(path):
+            return self.lower_target(path) if os.path.islink(path) else path
 
-    async def link(self, final: str, target: str) -> bool:
-        """Make ``final`` a link to ``target``, a verified file of a lower layer; False if another
-        writer put a file there first. Under the file's claim, as a write: never over another's."""
+    async def link(self, final: str, target: str, size: int) -> bool:
+        """Make ``final`` a link to ``target``, a verified file of a lower layer of ``size`` bytes; False if
+        another writer put a file of that size there first. Under the file's claim, as a write: never over
+        another's. What is there otherwise (a copy of another size, a link left dangling) is replaced:
+        removed, then linked, so that a reader may find it absent but never wrong."""
         claim = await self.claim(final)
         try:
-            if self.present(final) is not None:
+            if self.present_size(final) == size:
                 return False
+            if os.path.lexists(final):
+                os.unlink(final)
             os.symlink(target, final)
             return True
         except OSError as exc:

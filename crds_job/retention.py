@@ -70,6 +70,16 @@ def _lock(fd: int, kind: int) -> bool:
         raise
 
 
+def _locked_or_said(fd: int, kind: int, root: str) -> bool:
+    """``_lock``, with a filesystem that has no locks (an NFS mount with ``nolock`` off, ENOLCK) said so."""
+    try:
+        return _lock(fd, kind)
+    except OSError as exc:
+        raise CacheError(f"cannot lock {_folder(root, 'prune.lock')}: {exc.strerror}",
+                         "mount the cache with locks (NFS: without nolock): a cache shared by jobs needs them"
+                         ) from None
+
+
 @dataclass
 class Gate:
     """The gate of one cache, held shared (a warm) or exclusive (a prune); ``release`` lets it go."""
@@ -89,7 +99,7 @@ class Gate:
         kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         waited = 0.0
         try:
-            while not _lock(fd, kind):
+            while not _locked_or_said(fd, kind, root):
                 if waited < patience <= waited + 0.2:
                     log.info("waiting for the warms of this cache to reach their leases" if exclusive
                              else "waiting for a prune of this cache to end", cache=root)
@@ -101,6 +111,7 @@ class Gate:
         return cls(fd)
 
     def release(self) -> None:
+        """Let the gate go (again: a no-op)."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -141,7 +152,8 @@ def _take_lease(root: str, observatory: str, context: str, files: Iterable[str])
             os.unlink(temp)
         raise
     os.set_inheritable(fd, True)
-    _expire_some(folder, EXPIRED_PER_LEASE)
+    with contextlib.suppress(OSError):  # housekeeping: a failure here is the next prune's to see
+        _expire_some(folder, EXPIRED_PER_LEASE)
     return fd
 
 
@@ -166,13 +178,17 @@ def _expire_some(folder: str, most: int) -> None:
 
 
 def _expired(path: str) -> bool | None:
-    """Whether the lease at ``path`` is expired: its lock is free, its process gone. None: no such lease."""
+    """Whether the lease at ``path`` is expired: its lock is free, its process gone. None: no such lease.
+
+    Tested with a shared lock, which its holder's exclusive one refuses: over NFS a lock is a byte-range
+    lock, and an exclusive one would need the file open for writing.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        return _lock(fd, fcntl.LOCK_EX)
+        return _lock(fd, fcntl.LOCK_SH)
     finally:
         os.close(fd)
 
@@ -189,7 +205,10 @@ def _record(root: str, observatory: str, context: str, files: Iterable[str]) -> 
     path = os.path.join(folder, f"{context}.json")
     with open(path + ".lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        known = _read(path).get("files", [])
+        try:
+            known = _read(path).get("files", [])
+        except CacheError:  # a record a crash left unreadable: rewritten from this warm's files
+            known = []
         temp = f"{path}.{os.getpid()}{TEMP_SUFFIX}"
         with open(temp, "w", encoding="utf-8") as handle:
             json.dump({"context": context, "warmed": time.time(), "files": sorted(set(known) | set(files))}, handle)
@@ -217,8 +236,8 @@ def _read(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise CacheError(f"cannot read {path}: {exc}", f"remove it (its files are then no longer kept by it), "
-                         f"or the whole {FOLDER} folder") from None
+        raise CacheError(f"cannot read {path}: {exc}", "remove that file (what it named is then no longer kept by "
+                         f"it); never the whole {FOLDER} folder while jobs run") from None
     return found if isinstance(found, dict) else {}
 
 
@@ -241,6 +260,16 @@ class Pruned:
                 "references_bytes": self.references_bytes}
 
 
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise CacheError(f"cannot remove {path}: {exc.strerror}", "prune as the user the cache's files belong to"
+                         ) from None
+
+
 def _leases(root: str, expire: bool) -> tuple[set[str], int, int]:
     """The files named by live leases, and how many leases were live and expired (removed if ``expire``)."""
     folder = _folder(root, "leases")
@@ -254,8 +283,7 @@ def _leases(root: str, expire: bool) -> tuple[set[str], int, int]:
         if state:
             expired += 1
             if expire:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                _remove(path)
         else:
             live += 1
             files.update(_read(path).get("files", []))
@@ -274,6 +302,9 @@ def _files(cache: Cache) -> Iterator[tuple[str, os.stat_result]]:
     """Every file (or link) of the observatory's pruned areas: relative path, lstat."""
     for area in PRUNED:
         top = cache.folder(area)
+        if os.path.realpath(top) != os.path.join(os.path.realpath(cache.root), area, cache.observatory):
+            raise CacheError(f"{top} leads outside the cache {cache.root} through a symbolic link",
+                             "remove the link; a prune removes files only inside the cache")
         for folder, _, names in os.walk(top):
             for name in names:
                 path = os.path.join(folder, name)
@@ -327,7 +358,7 @@ def _prune(cache: Cache, keep_contexts: int | None, keep: tuple[str, ...], max_b
         for _, path, size in removable:
             if total <= max_bytes:
                 break
-            if path.startswith("references" + os.sep) and path not in gone:
+            if path.startswith("references" + os.sep) and path not in gone and path not in needed:
                 going.append((path, size))
                 total -= size
         done.references_bytes = total
@@ -338,8 +369,7 @@ def _prune(cache: Cache, keep_contexts: int | None, keep: tuple[str, ...], max_b
     done.removed = going
     if not dry_run:
         for path, _ in going:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(cache.root, path))
+            _remove(os.path.join(cache.root, path))
         if by_context:
             for name in set(records) - kept:
                 for suffix in (".json", ".json.lock"):

@@ -393,7 +393,7 @@ class _Warm:
 
     def used(self, context: str, the_plan: plan.Plan) -> None:
         """The plan is in the cache: record it for its context, and mark its files used (``retention``)."""
-        if self.gate is None:
+        if self.gate is None:  # no gate taken (no lease either): a cache this warm does not write
             return
         retention.record(self.cache.root, self.cache.observatory, context, self.plan_paths(the_plan))
         retention.touch(self.cache.path(entry) for entry in the_plan.entries)
@@ -401,7 +401,7 @@ class _Warm:
     async def link_lower(self) -> None:
         """Link each reference a lower layer holds into the cache: the command then sees one cache."""
         for entry, target in self.from_lower.items():
-            linked = await self.cache.link(self.cache.path(entry), target)
+            linked = await self.cache.link(self.cache.path(entry), target, entry.size)
             self.progress.files_linked += linked
             self.progress.bytes_linked += entry.size if linked else 0
             self.progress.files_present += not linked  # another writer put it there meanwhile
@@ -686,6 +686,7 @@ async def _steps(job: _Warm, settings: Settings, log: Any) -> Outcome:
         return outcome
     if job.gate is not None:  # from here on, no prune removes a file of the plan: not while this process lives
         outcome.lease = retention.take_lease(cache.root, cache.observatory, context, job.plan_paths(the_plan))
+        job.gate.release()  # the lease protects the plan now: a prune need not wait for the transfer
     if not job.writable:
         lacking = [entry.name for entry in [*to_fetch, *job.from_lower]] + job.config_missing()
         if lacking and job.offline:

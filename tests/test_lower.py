@@ -135,3 +135,22 @@ def test_a_lower_layer_that_is_no_other_cache_is_refused(roman_bucket, tmp_path,
     run = roman_bucket.run("roman", "ops", "--lower", path)
     assert run.returncode == ExitCode.USAGE, run.stderr
     assert message in run.errors[0]["event"]
+
+
+def test_a_wrong_copy_or_a_dangling_link_in_the_cache_gives_way_to_a_layers_file(roman_bucket, lower, tmp_path):
+    first = roman_bucket.run("roman", "ops", "--lower", lower)
+    assert first.returncode == 0, first.stderr
+    folder = references_folder(roman_bucket.cache)
+    wrong, dangling = sorted(os.listdir(folder))[:2]
+    os.unlink(os.path.join(folder, wrong))
+    with open(os.path.join(folder, wrong), "wb") as handle:  # a copy of another size, not a link
+        handle.write(b"short")
+    baked = str(tmp_path / "baked")  # a second layer that holds the file the first one lost
+    shutil.copytree(lower, baked)
+    os.unlink(os.path.join(references_folder(lower), dangling))
+    run = roman_bucket.run("roman", "ops", "--lower", f"{lower}:{baked}")
+    assert run.returncode == 0, run.stderr
+    assert run.event("warmed")["files_linked"] == 2 and run.event("warmed")["files_fetched"] == 0
+    assert os.readlink(os.path.join(folder, wrong)).startswith(os.path.realpath(lower))
+    assert os.readlink(os.path.join(folder, dangling)).startswith(os.path.realpath(baked))
+    assert_cache_verified(roman_bucket.cache, roman_bucket.sample)

@@ -189,3 +189,11 @@ def test_leases_of_ended_jobs_do_not_pile_up_in_a_cache_never_pruned(roman_bucke
         assert run.returncode == 0, run.stderr
     leases = os.listdir(os.path.join(roman_bucket.cache, retention.FOLDER, "leases"))
     assert len(leases) == 1, "each warm removes the expired leases it finds; its own expires when it ends"
+
+
+def test_max_bytes_never_removes_what_a_kept_context_needs(two_contexts, s3, tmp_path):
+    bucket, kept = two_contexts, only_new(s3, tmp_path)
+    run = bucket.run("roman", "ops", "--prune", "--keep-contexts", "1", "--max-bytes", "1")
+    assert run.returncode == 0, run.stderr
+    assert areas(bucket.cache) == kept, "the cap removes only what no kept context needs"
+    assert run.event("pruned")["references_bytes"] > 1
