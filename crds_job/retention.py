@@ -338,6 +338,7 @@ def _prune(cache: Cache, keep_contexts: int | None, keep: tuple[str, ...], max_b
     kept = set(keep) | set(recent[:keep_contexts or 0])
     done.kept_contexts = sorted(kept)
     needed = {path for name in kept for path in records[name].get("files", [])}
+    named = {path for name in keep for path in records[name].get("files", [])}  # beyond even --max-bytes
     files = dict(_files(cache))
     removable: list[tuple[float, str, int]] = []  # (last use, path, bytes): oldest first once sorted
     for path, info in files.items():
@@ -358,7 +359,7 @@ def _prune(cache: Cache, keep_contexts: int | None, keep: tuple[str, ...], max_b
         for _, path, size in removable:
             if total <= max_bytes:
                 break
-            if path.startswith("references" + os.sep) and path not in gone and path not in needed:
+            if path.startswith("references" + os.sep) and path not in gone and path not in named:
                 going.append((path, size))
                 total -= size
         done.references_bytes = total

@@ -191,9 +191,12 @@ def test_leases_of_ended_jobs_do_not_pile_up_in_a_cache_never_pruned(roman_bucke
     assert len(leases) == 1, "each warm removes the expired leases it finds; its own expires when it ends"
 
 
-def test_max_bytes_never_removes_what_a_kept_context_needs(two_contexts, s3, tmp_path):
+def test_max_bytes_caps_the_recent_contexts_but_never_one_named_by_keep(two_contexts, s3, tmp_path):
     bucket, kept = two_contexts, only_new(s3, tmp_path)
-    run = bucket.run("roman", "ops", "--prune", "--keep-contexts", "1", "--max-bytes", "1")
+    run = bucket.run("roman", "ops", "--prune", "--keep", NEW, "--max-bytes", "1")
     assert run.returncode == 0, run.stderr
-    assert areas(bucket.cache) == kept, "the cap removes only what no kept context needs"
+    assert areas(bucket.cache) == kept, "the cap removes only what no context named by --keep needs"
     assert run.event("pruned")["references_bytes"] > 1
+    capped = bucket.run("roman", "ops", "--prune", "--keep-contexts", "1", "--max-bytes", "1")
+    assert capped.returncode == 0, capped.stderr
+    assert not os.listdir(os.path.join(bucket.cache, "references", "roman")), "a disk's cap beats --keep-contexts"
