@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # crds-job: warm a CRDS cache from S3, then exec the calibration command.
 #
 #   standalone:  docker build -t crds-job .
@@ -51,42 +49,44 @@ RUN extras="$EXTRAS"; \
  && rm /wheels/crds_job-*.whl
 COPY crds_job crds_job
 COPY entrypoint.py ./
-# The venv sees the base's packages after its own (a .pth file naming the base's site-packages):
-# crds-job's process imports only its own, and a crds it lacks is the calibration's.
+# The venv sees the base's packages after its own (a .pth file adding the base's site-packages,
+# with the .pth files in them: an editable install's): a crds it lacks is the calibration's.
 RUN python3 -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && python3 -m venv --without-pip /opt/crds-job \
  && extras=$(cat /extras) \
  && python3 -m pip --python /opt/crds-job/bin/python install --no-cache-dir --no-index --find-links /wheels \
         "$(echo /wheels/crds_job-*.whl)${extras:+[$extras]}" \
- && python3 -c 'import site; print(*site.getsitepackages(), sep="\n")' \
+ && python3 -c 'import site; print(*(f"import site; site.addsitedir({p!r})" for p in site.getsitepackages()), sep="\n")' \
         > "$(/opt/crds-job/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/calibration.pth" \
  && sed '1s|.*|#!/opt/crds-job/bin/python|' entrypoint.py > /opt/crds-job/entrypoint.py \
  && chmod 0755 /opt/crds-job/entrypoint.py \
  && cp /usr/bin/tini-static /opt/crds-job/bin/tini \
- && mkdir -p /image/opt \
- && mv /opt/crds-job /image/opt/ \
+ && mkdir -p /image \
  && mkdir -m 1777 /image/crds-cache
 
-# What both images add to their base: /opt/crds-job, and the cache's mount point, writable by
-# whatever user the base runs as (copied as the content of a folder, so its mode is kept).
+# What both images add to their base: /opt/crds-job (copied as itself: the base's /opt keeps its
+# owner and mode), and the cache's mount point, writable by whatever user the base runs as (copied
+# as the content of a folder, so that its own mode, 1777, is kept).
 FROM ${BASE_IMAGE} AS app
-LABEL org.opencontainers.image.title="crds-job" \
-      org.opencontainers.image.description="Warm a CRDS cache from S3, checksum-checked, then exec the calibration command" \
-      org.opencontainers.image.licenses="BSD-3-Clause"
+COPY --from=build /opt/crds-job /opt/crds-job
 COPY --from=build /image/ /
 ENV CRDS_PATH=/crds-cache
 ENTRYPOINT ["/opt/crds-job/bin/tini", "--", "/opt/crds-job/entrypoint.py"]
 
-# Layered: the base as it was (its packages, user, working directory, PATH) plus the above.
+# Layered: the base as it was (its packages, user, working directory, PATH, labels) plus the above.
 FROM app AS layered
 VOLUME ["/crds-cache"]
 
 # Standalone (the default target): crds-job's own image, as a numeric non-root user. The cache's
 # mount point is its user's before VOLUME, which would discard any later change to it.
 FROM app AS standalone
+LABEL org.opencontainers.image.title="crds-job" \
+      org.opencontainers.image.description="Warm a CRDS cache from S3, checksum-checked, then exec the calibration command" \
+      org.opencontainers.image.licenses="BSD-3-Clause"
 ARG APP_UID=10001
 USER 0
-RUN useradd --uid "${APP_UID}" --no-create-home --shell /usr/sbin/nologin crds \
+# A base with a user of that UID already (the default target built on a calibration image): it is the one used.
+RUN { getent passwd "${APP_UID}" >/dev/null || useradd --uid "${APP_UID}" --no-create-home --shell /usr/sbin/nologin crds; } \
  && mkdir -p /home/crds \
  && chown "${APP_UID}" /crds-cache /home/crds \
  && chmod 0755 /crds-cache

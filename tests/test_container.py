@@ -109,9 +109,10 @@ def test_entrypoint_is_tini_then_our_entrypoint():
     assert ("COPY", "entrypoint.py ./") in stages()["build"]
     assert f"sed '1s|.*|#!{venv}/bin/python|' entrypoint.py > {entrypoint[2]} " in script
     assert f"chmod 0755 {entrypoint[2]} " in script
-    # The venv, tini and entry point are moved to /image, whose content alone the images copy in.
-    assert f"mv {venv} /image{os.path.dirname(venv)}/ " in script
-    assert values(stages()["app"], "COPY") == ["--from=build /image/ /"]
+    # The venv (tini and the entry point in it) is copied as itself: the base's /opt keeps its owner and
+    # mode; /image holds only the cache's mount point, copied as a folder's content to keep its mode.
+    assert values(stages()["app"], "COPY") == [f"--from=build {venv} {venv}", "--from=build /image/ /"]
+    assert "mkdir -p /image &&" in script and " /image/" not in script.replace("/image/crds-cache", "")
     for name in ("layered", "standalone"):
         assert not values(stages()[name], "COPY"), f"{name} copies nothing of its own"
     assert os.access(os.path.join(ROOT, "entrypoint.py"), os.X_OK)
@@ -225,7 +226,8 @@ def test_the_rehearsal_follows_the_build_stage():
         f"python3 -m venv --without-pip {venv}",
         f"python3 -m pip --python {venv}/bin/python install --no-cache-dir --no-index --find-links /wheels "
         '"$(echo /wheels/crds_job-*.whl)${extras:+[$extras]}"',
-        "python3 -c 'import site; print(*site.getsitepackages(), sep=\"\\n\")' "
+        "python3 -c 'import site; print(*(f\"import site; site.addsitedir({p!r})\" for p in site.getsitepackages()), "
+        "sep=\"\\n\")' "
         f"> \"$({venv}/bin/python -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))')/calibration.pth\"",
     ):
         assert command in script, command
@@ -307,6 +309,9 @@ def base_site(tmp_path_factory) -> str:
     """A stand-in for the base's site-packages: a module of its own, and a structlog that must not be crds-job's."""
     folder = tmp_path_factory.mktemp("base-site-packages")
     (folder / "calibration_only.py").write_text("")
+    editable = tmp_path_factory.mktemp("base-editable-source")  # an editable install: found through a .pth
+    (editable / "calibration_editable.py").write_text("")
+    (folder / "__editable__.calibration.pth").write_text(f"{editable}\n")
     (folder / "structlog").mkdir()
     (folder / "structlog/__init__.py").write_text('raise ImportError("the base\'s structlog, ahead of crds-job\'s")\n')
     return str(folder)
@@ -324,7 +329,7 @@ def install(venv, wheels: str, extras: str, base_site: str) -> set[str]:
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              capture_output=True, text=True, check=True).stdout.strip()
     with open(os.path.join(purelib, "calibration.pth"), "w") as handle:
-        handle.write(f"{base_site}\n")
+        handle.write(f"import site; site.addsitedir({base_site!r})\n")
     listed = subprocess.run([python, "-c", "import importlib.metadata as m, sys; "
                              "print(*(d.metadata['Name'] for d in m.distributions(path=sys.argv[1:])))", purelib],
                             capture_output=True, text=True, check=True).stdout
@@ -351,7 +356,8 @@ def test_the_image_install_steps_rehearsed_outside_an_engine(tmp_path, roman_buc
     names = install(venv, wheels(extras), extras, base_site)
     assert {"crds-job", "s3fs", "structlog", "crds"} <= names and not names & {"moto", "pytest", "pip"}
     python = str(venv / "bin/python")
-    seen = subprocess.run([python, "-c", "import calibration_only, structlog; print(structlog.__file__)"],
+    seen = subprocess.run([python, "-c", "import calibration_only, calibration_editable, structlog; "
+                                         "print(structlog.__file__)"],
                           capture_output=True, text=True)
     assert seen.returncode == 0 and seen.stdout.startswith(str(venv)), "its own packages first, then the base's"
     entrypoint = write_entrypoint(venv)

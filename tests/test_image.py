@@ -191,6 +191,7 @@ def test_sigterm_mid_warm_exits_143_leaves_no_temp_file_and_a_resume_fetches_the
         finally:
             if job.poll() is None:
                 job.kill()
+            subprocess.run([images.engine.name, "rm", "-f", name], capture_output=True)  # the client's death is not its
     assert job.returncode == 128 + 15, stderr
     kept = [path for path, _, files in os.walk(cache) for file in files if file.endswith(TEMP_SUFFIX)]
     assert not kept, f"temporary files left after SIGTERM: {kept}"
@@ -217,8 +218,8 @@ def test_dry_run_prints_the_plan_and_its_bytes_and_writes_nothing(images, bucket
     report = json.loads(done.stdout)
     assert report["totals"]["bytes"] == sum(f["size"] for f in report["files"]) > 0
     assert not done.events("exec")
-    listed = images.engine.run(images.standalone, "--", options=["-v", f"{volume}:/crds-cache", "--entrypoint",
-                                                                 "ls"])
+    listed = images.engine.run(images.standalone, "-A", "/crds-cache", options=["-v", f"{volume}:/crds-cache",
+                                                                              "--entrypoint", "ls"])
     assert listed.returncode == 0 and listed.stdout.strip() == "", "the dry run wrote nothing into the cache"
 
 
@@ -272,6 +273,9 @@ def test_layered_build_leaves_the_calibration_packages_user_workdir_and_path_as_
     _in(images, images.layered, "python3", "-m", "pip", "check")
     base, layered = (images.engine.inspect(name)["Config"] for name in (images.calibration, images.layered))
     assert (layered["User"], layered["WorkingDir"]) == (base["User"], base["WorkingDir"]) == ("calibrator", "/work")
+    assert layered.get("Labels") == base.get("Labels"), "the calibration image's labels are its own"
+    stat = ("stat", "-c", "%U %a", "/opt")
+    assert _in(images, images.layered, *stat) == _in(images, images.calibration, *stat) == "calibrator 775\n"
     added = set(layered["Env"]) - set(base["Env"])
     assert added == {"CRDS_PATH=/crds-cache"}, "the only variable the layer adds is where the cache is"
 
