@@ -43,6 +43,8 @@ HEADER_BLOCK = 256 * 1024
 _NOT_APPLICABLE = "NOT FOUND n/a"
 _NOT_FOUND = "NOT FOUND"
 _CRDS_MISSING = "crds-missing"
+#: crds's value for a key a header does not have.
+_UNDEFINED = "UNDEFINED"
 #: An HST association table's FILETYPE: its exposures, not the table, are what is calibrated.
 _ASSOCIATION = "ASN_TABLE"
 #: Seconds crds may take to choose, headers read included, before the warm gives up on it.
@@ -63,12 +65,20 @@ class Choice:
     references: dict[str, str]  # reference type -> file
     not_applicable: tuple[str, ...] = ()  # types crds says do not apply (N/A, OMIT)
     unmatched: dict[str, str] = field(default_factory=dict)  # type -> crds's reason: no file matched
-    association: str = ""  # the HST association table that lists this exposure, if that is how it was named
+    association: str = ""  # the association (HST table, Roman JSON) that lists this exposure, if named by one
+    #: type -> {"absent": the match keys the header lacks, "files": every reference the rules may still select}
+    candidates: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "instrument": self.instrument, "references": dict(self.references),
                 "not_applicable": list(self.not_applicable), "unmatched": dict(self.unmatched),
+                "candidates": {kind: dict(found) for kind, found in self.candidates.items()},
                 **({"association": self.association} if self.association else {})}
+
+    @property
+    def files(self) -> list[str]:
+        """Every reference to warm for it: those chosen, and every candidate of the types its header cannot decide."""
+        return [*self.references.values(), *(name for found in self.candidates.values() for name in found["files"])]
 
 
 #: Errors of a read that may pass: s3fs's for S3's 5xx and throttling, a disk's, a network's.
@@ -115,6 +125,12 @@ def _choice(answer: Mapping[str, Any], context: str) -> Choice:
     if reason in ("denied", "access"):
         raise S3AccessError(f"dataset {dataset} cannot be read: {message}",
                             "give the job read access to it" if reason == "denied" else "run the job again")
+    if reason == "no-instrument":
+        raise UsageError(f"{dataset} names no instrument, and context {context} has several "
+                         f"({', '.join(answer['covered'])})", f"add {answer['key']}=INSTRUMENT to --header")
+    if reason == "reftypes":
+        raise UsageError(f"--reftypes names {', '.join(answer['unknown'])}, which instrument {answer['instrument']} "
+                         f"of context {context} has no rules for", f"use some of: {', '.join(answer['known'])}")
     if reason == "backend":
         raise UsageError(f"dataset {dataset} cannot be read here: {message}",
                          "install the fsspec backend of that URL scheme (s3 and http are in the image)")
@@ -125,7 +141,7 @@ def _choice(answer: Mapping[str, Any], context: str) -> Choice:
         raise DatasetError(f"dataset {dataset}: {message}", _TODO.get(reason, _TODO["unreadable"]))
     return Choice(dataset=dataset, instrument=answer["instrument"], references=dict(answer["references"]),
                   not_applicable=tuple(answer["not_applicable"]), unmatched=dict(answer["unmatched"]),
-                  association=answer.get("association", ""))
+                  association=answer.get("association", ""), candidates=dict(answer.get("candidates", {})))
 
 
 async def _run_child(request: dict[str, Any], env: Mapping[str, str], answer_path: str) -> dict[str, Any]:
@@ -196,18 +212,22 @@ class Answer:
 async def choose(
     datasets: Sequence[str], context: str, observatory: str, env: Mapping[str, str], anonymous: bool,
     strict: bool, scratch: str, pickle: str = "", listing: bool = False,
+    headers: Sequence[tuple[str, Mapping[str, str]]] = (), reftypes: Sequence[str] = (),
 ) -> Answer:
     """Ask the real crds, in a child process with ``env``, for each dataset's best references.
 
     ``strict``: every dataset must be read (named with --datasets). Otherwise
     (found in the command) one that is missing or unreadable is skipped.
+    ``headers``: (name, header) of datasets with no file (``--header``);
+    ``reftypes``: the only types chosen, for all of them.
     ``pickle``: the rules are this pickle, not mappings; ``listing``: also
     list every reference the context names.
     """
     answer_path = os.path.join(scratch, "answer.json")
     request = {"datasets": list(datasets), "context": context, "observatory": observatory,
                "anonymous": anonymous, "answer": answer_path, "parent": os.getpid(), "pickle": pickle,
-               "list": listing}
+               "list": listing, "headers": [[name, dict(header)] for name, header in headers],
+               "reftypes": list(reftypes)}
     answer = await _run_child(request, env, answer_path)
     if answer.get("fatal") == _CRDS_MISSING:
         needs = (f"loading context {context} from its pickle {pickle} needs the crds library" if pickle else
@@ -226,9 +246,11 @@ async def choose(
         raise CrdsJobError(f"crds listed no reference of {context}", "report it with this line")
     choices, skipped = [], []
     for one in answer["results"]:
-        if not strict and _skippable(one):
+        if one.get("given"):  # a header given as such: meant, as a named dataset is
+            choices.append(_choice(one, context))
+        elif not strict and _skippable(one):
             skipped.append(Skipped(one["dataset"], one["message"]))
-        elif not strict and not one.get("error") and not one["references"]:
+        elif not strict and not one.get("error") and not one["references"] and not one.get("candidates"):
             # crds read it and chose nothing for it: not an exposure (a catalog, a table), whatever its name
             skipped.append(Skipped(one["dataset"], "crds chose no reference for it: no type applies or matched"))
         else:
@@ -335,34 +357,63 @@ def _read_failure(exc: Exception, url: bool) -> tuple[str, str]:
 
 
 def _answers(
-    crds: Any, pmap: Any, source: str, context: str, observatory: str, anonymous: bool
+    crds: Any, pmap: Any, source: str, context: str, observatory: str, anonymous: bool, reftypes: Sequence[str],
 ) -> list[dict[str, Any]]:
-    """The answer for one dataset; for an HST association table, one for each of its exposures.
+    """The answer for one dataset; for an association (HST's table, Roman's JSON), one for each of its exposures.
 
-    calacs.e and calwf3.e calibrate an association's members, each by its own
-    header; the table's header names no exposure's parameters, so crds would
-    choose nothing for the table itself.
+    calacs.e and calwf3.e, and romancal's pipelines, calibrate an association's
+    members, each by its own header; the association's own header (an HST table's)
+    names no exposure's parameters, so crds would choose nothing for it.
     """
-    answer = _one(crds, pmap, source, context, observatory, anonymous)
-    header = answer.pop("header", None)
-    if header is None or not _is_association(source, header):
-        return [answer]
-    try:
-        members, absent = _association_members(source, anonymous)
-    except Exception as exc:
-        reason, message = _read_failure(exc, _remote(source))
-        return [{"dataset": source, "error": reason, "message": f"its members cannot be read: {message}"}]
+    if datasets.is_association(source):
+        try:
+            members, absent = _roman_members(source, anonymous)
+        except Exception as exc:
+            reason, message = _read_failure(exc, _remote(source))
+            return [{"dataset": source, "error": reason, "message": f"it cannot be read as an association: {message}"}]
+    else:
+        answer = _one(crds, pmap, source, context, observatory, anonymous, reftypes)
+        header = answer.pop("header", None)
+        if header is None or not _is_association(source, header):
+            return [answer]
+        try:
+            members, absent = _association_members(source, anonymous)
+        except Exception as exc:
+            reason, message = _read_failure(exc, _remote(source))
+            return [{"dataset": source, "error": reason, "message": f"its members cannot be read: {message}"}]
     answers = [{"dataset": source, "error": "missing", "association": source,
-                "message": f"association member {name} has no raw file beside the table"} for name in absent]
+                "message": f"association member {name} is not beside it"} for name in absent]
     for member in members:
-        found = _one(crds, pmap, member, context, observatory, anonymous)
+        found = _one(crds, pmap, member, context, observatory, anonymous, reftypes)
         found.pop("header", None)
         answers.append(dict(found, association=source))
-    return answers or [answer]
+    if not answers:
+        return [{"dataset": source, "error": "unreadable", "message": "it lists no exposure"}]
+    return answers
 
 
-def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anonymous: bool) -> dict[str, Any]:
-    from crds.core import utils
+def _roman_members(source: str, anonymous: bool) -> tuple[list[str], list[str]]:
+    """The exposures a Roman association (stpipe's ``*_asn.json``) lists, as paths or URLs beside it; and
+    those absent. Each product's members' ``expname``, relative to the association's folder, as romancal
+    opens them."""
+    with _opened(source, anonymous) as opened:
+        if isinstance(opened, str):
+            with open(opened, "rb") as handle:
+                document = json.load(handle)
+        else:
+            document = json.load(opened)
+    names = [str(member["expname"]) for product in document["products"] for member in product["members"]]
+    if is_url(source):
+        folder = source.split("?", 1)[0][: -len(datasets.base_name(source))]
+        paths = [name if is_url(name) else folder + name.lstrip("/") for name in names]
+        return list(dict.fromkeys(paths)), []
+    folder = os.path.dirname(source)
+    paths = list(dict.fromkeys(os.path.join(folder, name) for name in names))
+    return [path for path in paths if os.path.isfile(path)], [path for path in paths if not os.path.isfile(path)]
+
+
+def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anonymous: bool,
+         reftypes: Sequence[str] = ()) -> dict[str, Any]:
     from crds.io import factory
 
     answer: dict[str, Any] = {"dataset": source}
@@ -372,33 +423,114 @@ def _one(crds: Any, pmap: Any, source: str, context: str, observatory: str, anon
         reason, message = _read_failure(exc, _remote(source))
         return dict(answer, error=reason, message=message)
     answer["header"] = {key: header[key] for key in ("FILETYPE",) if key in header}
+    return _choose(crds, pmap, answer, header, context, observatory, reftypes)
+
+
+def _of_header(crds: Any, pmap: Any, name: str, header: Mapping[str, str], context: str, observatory: str,
+               reftypes: Sequence[str]) -> dict[str, Any]:
+    """The answer for a header given as such (``--header``, ``--reftypes``): a dataset with no file.
+
+    Where it names no instrument, the context's only one is meant (Roman's WFI).
+    """
+    header, answer = dict(header), {"dataset": name, "given": True}
+    if pmap.instrument_key not in header:
+        if len(pmap.selections) > 1:
+            return dict(answer, error="no-instrument", key=pmap.instrument_key, covered=sorted(pmap.selections))
+        header[pmap.instrument_key] = next(iter(pmap.selections)).upper()
+    return _choose(crds, pmap, answer, header, context, observatory, reftypes)
+
+
+def _choose(crds: Any, pmap: Any, answer: dict[str, Any], header: Mapping[str, Any], context: str,
+            observatory: str, reftypes: Sequence[str]) -> dict[str, Any]:
+    """What crds chooses for ``header``: references, types that do not apply, types no file matched;
+    and for a type it could not match because the header lacks its keys, every reference it could still
+    select (``_candidates``): what a pipeline that asks with a header of its own will want."""
+    from crds.core import utils
+
     try:
         instrument = utils.header_to_instrument(header).lower()
     except Exception as exc:
         return dict(answer, error="unreadable", message=f"its header names no instrument: {exc}"[:400])
     if instrument not in pmap.selections:
         return dict(answer, error="instrument", instrument=instrument, covered=sorted(pmap.selections))
+    imap = pmap.get_imap(instrument)
+    unknown = sorted(set(reftypes) - set(imap.selections))
+    if unknown:
+        return dict(answer, error="reftypes", instrument=instrument, unknown=unknown, known=sorted(imap.selections))
     try:
         # As crds bestrefs does: the locator's types for this header, else every type of the instrument.
         try:
             types = list(utils.get_locator_module(observatory).header_to_reftypes(header, context))
         except Exception:
             types = []
-        types = types or sorted(pmap.get_imap(instrument).selections)
+        types = list(reftypes) or types or sorted(imap.selections)
         found = crds.getrecommendations(header, reftypes=types, context=context, observatory=observatory,
                                         fast=True)
+        references, not_applicable, unmatched = {}, [], {}
+        for kind, value in sorted(found.items()):
+            if value.startswith(_NOT_APPLICABLE):
+                not_applicable.append(kind)
+            elif value.startswith(_NOT_FOUND):
+                unmatched[kind] = value[len(_NOT_FOUND):].strip()
+            else:
+                references[kind] = value
+        # A file crds chooses nothing for is no exposure (a catalog lacks every key): nothing is undecided for it.
+        candidates = {kind: undecided for kind in unmatched
+                      if (references or answer.get("given")) and (undecided := _candidates(imap, kind, header))}
+        unmatched = {kind: reason for kind, reason in unmatched.items() if kind not in candidates}
     except Exception as exc:
         return dict(answer, error="crds", message=f"{type(exc).__name__}: {exc}"[:400])
-    references, not_applicable, unmatched = {}, [], {}
-    for kind, value in sorted(found.items()):
-        if value.startswith(_NOT_APPLICABLE):
-            not_applicable.append(kind)
-        elif value.startswith(_NOT_FOUND):
-            unmatched[kind] = value[len(_NOT_FOUND):].strip()
-        else:
-            references[kind] = value
     return dict(answer, instrument=instrument, references=references, not_applicable=not_applicable,
-                unmatched=unmatched)
+                unmatched=unmatched, candidates=candidates)
+
+
+def _candidates(imap: Any, kind: str, header: Mapping[str, Any]) -> dict[str, list[str]]:
+    """For a type crds found no match for: if the header lacks some of the keys its rmap matches on
+    (absent, or UNDEFINED), the keys it lacks and every reference the rmap can still select, each lacking
+    key taking any value and each present key its own; else nothing (no file is meant to match).
+
+    romancal asks for ``dustmap`` by ``ROMAN.FIELD``, a key no exposure carries: the exposure cannot
+    say which map, but the rmap says which maps there are.
+    """
+    from crds.core import utils
+
+    try:
+        rmap = imap.get_rmap(kind)
+    except Exception:  # no rmap for it (N/A in the imap): nothing to select from
+        return {}
+    levels = [tuple(level) if isinstance(level, (tuple, list)) else (level,) for level in rmap.parkey]
+    conditioned = rmap.map_irrelevant_parkeys_to_na(rmap.minimize_header(utils.condition_header(dict(header))))
+    absent = sorted({key for level in levels for key in level if conditioned.get(key, _UNDEFINED) == _UNDEFINED})
+    if not absent:
+        return {}
+    known = set(rmap.reference_names())  # without N/A and OMIT
+    files = sorted(set(_selectable(rmap.selector, conditioned, levels, 0)) & known)
+    return {"absent": absent, "files": files} if files else {}
+
+
+def _selectable(selector: Any, header: Mapping[str, Any], levels: list[tuple[str, ...]], depth: int) -> list[str]:
+    """The references ``selector`` (at ``depth`` of its rmap's nesting) may select for ``header``: at a
+    Match, every row whose values match the keys the header has (crds's own matchers), the others taking
+    any value; below, what crds chooses, or every file where it cannot choose (a date the header lacks)."""
+    from crds.core import selectors
+
+    if not isinstance(selector, selectors.MatchSelector):
+        try:
+            return [selector.choose(header)]
+        except Exception:
+            return list(selector.reference_names())
+    keys = levels[depth] if depth < len(levels) else ()
+    found: list[str] = []
+    for row, choice in zip(selector.keys(), selector.choices(), strict=True):
+        values = row if isinstance(row, tuple) else (row,)
+        if any(header.get(key, _UNDEFINED) != _UNDEFINED and selectors.matcher(value).match(header[key]) == -1
+               for key, value in zip(keys, values, strict=False)):
+            continue
+        if isinstance(choice, selectors.Selector):
+            found += _selectable(choice, header, levels, depth + 1)
+        else:
+            found += [choice] if isinstance(choice, str) else list(choice)
+    return found
 
 
 def _die_with(parent: int) -> None:
@@ -470,9 +602,12 @@ def main() -> int:
             answer = {"fatal": "context",
                       "message": str(exc) if isinstance(exc, _Unpickled) else f"{type(exc).__name__}: {exc}"[:500]}
         else:
+            reftypes = request.get("reftypes", [])
             answer = {"results": [one for source in request["datasets"]
                                   for one in _answers(crds, pmap, source, request["context"],
-                                                      request["observatory"], request["anonymous"])]}
+                                                      request["observatory"], request["anonymous"], reftypes)]
+                      + [_of_header(crds, pmap, name, header, request["context"], request["observatory"], reftypes)
+                         for name, header in request.get("headers", [])]}
             if listing is not None:
                 answer["listing"] = listing
         answer["crds"] = str(getattr(crds, "__version__", ""))

@@ -24,8 +24,11 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-#: Suffixes of the dataset formats found in a command: FITS (plain or compressed) and ASDF.
-SUFFIXES = (".fits", ".fits.gz", ".fit", ".fits.fz", ".asdf")
+#: Suffixes of the dataset formats found in a command: FITS (plain or compressed), ASDF, and a
+#: Roman association (stpipe's JSON), which stands for its members.
+SUFFIXES = (".fits", ".fits.gz", ".fit", ".fits.fz", ".asdf", "_asn.json")
+#: How a Roman (stpipe) association's name ends.
+ASSOCIATION_SUFFIX = "_asn.json"
 #: FITS suffixes crds does not know by name (it would sniff the bytes, and fail on a gzip).
 _FITS_ALIASES = (".fits.gz", ".fits.fz", ".fit")
 #: URL schemes read through fsspec (its registry knows more; these are the ones jobs use).
@@ -58,17 +61,33 @@ def looks_like_dataset(argument: str) -> bool:
     return not argument.startswith("-") and base_name(argument).lower().endswith(SUFFIXES)
 
 
+def is_association(name: str) -> bool:
+    """Whether ``name`` is a Roman association (``r0000101_asn.json``), read for its members."""
+    return base_name(name).lower().endswith(ASSOCIATION_SUFFIX)
+
+
 @dataclass(frozen=True)
 class Selection:
-    """The datasets of one warm and where they came from ("--datasets", "command" or "none")."""
+    """The datasets of one warm and where they came from ("--datasets", "command", "--header",
+    "--reftypes" or "none"); and a header the command builds itself, with the types it asks for."""
 
     datasets: tuple[str, ...]
     source: str
     not_found: tuple[str, ...] = ()  # dataset-like command arguments that are not files: outputs
+    header: tuple[tuple[str, str], ...] = ()  # --header: a dataset of its own, with no file
+    reftypes: tuple[str, ...] = ()  # --reftypes: the only types chosen, for the datasets and the header
 
     @property
     def selective(self) -> bool:
-        return bool(self.datasets)
+        return bool(self.datasets or self.header or self.reftypes)
+
+    @property
+    def headers(self) -> list[tuple[str, dict[str, str]]]:
+        """The headers asked for without a file, by name: ``--header``'s, or with ``--reftypes`` alone
+        an empty one (every reference of those types the rules can select)."""
+        if self.header:
+            return [("--header " + ",".join(f"{key}={value}" for key, value in self.header), dict(self.header))]
+        return [("--reftypes " + ",".join(self.reftypes), {})] if self.reftypes and not self.datasets else []
 
     @property
     def strict(self) -> bool:
@@ -136,18 +155,24 @@ def select(
     whole_context: bool,
     exists: Callable[[str], bool] = os.path.isfile,
     environ: Mapping[str, str] | None = None,
+    header: Sequence[tuple[str, str]] = (),
+    reftypes: Sequence[str] = (),
 ) -> Selection:
     """The datasets to warm for: ``named`` ones, else those among the command's ``arguments``.
 
     ``whole_context`` (``--all-references``, ``--instruments``, ``--mappings-only``)
-    turns the detection in the command off.
+    turns the detection in the command off, and so does ``header``: a command that
+    builds its own header names no dataset to look for. ``reftypes`` narrows the
+    types chosen; with no dataset, it alone stands for a header with nothing in it.
     """
-    if named:
-        return Selection(tuple(named), "--datasets")
+    if named or header:
+        return Selection(tuple(named), "--datasets" if named else "--header", header=tuple(header),
+                         reftypes=tuple(reftypes))
+    nothing = "--reftypes" if reftypes else "none"
     if whole_context or len(command) < 2:
-        return Selection((), "none")
+        return Selection((), nothing, reftypes=tuple(reftypes))
     words = arguments(command, os.environ if environ is None else environ)
     candidates = [argument for argument in words if looks_like_dataset(argument)]
     found = tuple(dict.fromkeys(a for a in candidates if is_url(a) or exists(a)))
     missing = tuple(a for a in candidates if a not in found)
-    return Selection(found, "command" if found else "none", missing)
+    return Selection(found, "command" if found else nothing, missing, reftypes=tuple(reftypes))

@@ -79,6 +79,18 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.lower() for item in re.split(r"[,\s]+", text.strip()) if item)
 
 
+def parse_header(text: str) -> tuple[tuple[str, str], ...]:
+    """Read ``roman.meta.instrument.detector=WFI01,roman.field=north`` as (KEY, value) pairs, keys in
+    upper case as crds conditions them, values as written (a date keeps its blank)."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in re.split(r"[,\n]+", text))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip() or not value.strip():
+            raise ValueError(f"expected KEY=VALUE pairs, comma separated, got {item[:80]!r}")
+        pairs.append((key.strip().upper(), value.strip()))
+    return tuple(pairs)
+
+
 def parse_url(text: str) -> str:
     """An http(s) URL, without a trailing slash (the protocol's paths are appended to it)."""
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
@@ -132,6 +144,11 @@ OPTIONS: tuple[Option, ...] = (
            "s3:// URLs, comma separated, $VARIABLES expanded; default: the dataset files among COMMAND's "
            "arguments)",
            parse=parse_paths, default=(), metavar="PATH,..."),
+    Option("reftypes", "warm only references of these types (comma separated); with no dataset, every "
+           "reference of these types that --header allows: for a command that builds its own header (a simulator)",
+           parse=parse_list, default=(), metavar="T1,T2"),
+    Option("header", "a header the command will ask crds with, KEY=VALUE pairs (comma separated): its references "
+           "are warmed as a dataset's would be", parse=parse_header, default=(), metavar="KEY=VALUE,..."),
     Option("all_references", "warm every reference of the context even when COMMAND names datasets",
            parse=parse_bool, default=False, flag_value=True),
     Option("mappings_only", "warm the context's rules (its mappings, or its pickle), no references",
@@ -216,6 +233,8 @@ class Settings:
     lower: tuple[str, ...]
     instruments: tuple[str, ...]
     datasets: tuple[str, ...]
+    reftypes: tuple[str, ...]
+    header: tuple[tuple[str, str], ...]
     all_references: bool
     mappings_only: bool
     concurrency: int
@@ -277,6 +296,8 @@ class Settings:
         values["command"] = list(self.command)
         values["instruments"] = list(self.instruments)
         values["datasets"] = list(self.datasets)
+        values["reftypes"] = list(self.reftypes)
+        values["header"] = {key: value for key, value in self.header}
         values["lower"] = list(self.lower)
         values["keep"] = list(self.keep)
         return {"settings": values, "from": dict(self.sources)}
@@ -458,12 +479,13 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Sett
         raise UsageError(f"{', '.join(retention)} only apply to --prune", "add --prune, or drop them")
     if values["prune"] and command:
         raise UsageError("--prune runs no command", "prune in a job of its own, then run the command")
-    if values["datasets"]:
+    for selective in ("datasets", "reftypes", "header"):
         clash = [OPTION_BY_NAME[name].flag for name in ("all_references", "mappings_only", "instruments")
                  if values[name]]
-        if clash:
-            raise UsageError(f"--datasets cannot be combined with {', '.join(clash)}",
-                             "name the datasets to warm their references, or drop --datasets")
+        if values[selective] and clash:
+            flag = OPTION_BY_NAME[selective].flag
+            raise UsageError(f"{flag} cannot be combined with {', '.join(clash)}",
+                             f"{flag} narrows the warm to what it names: drop {flag} or the others")
     return Settings(
         observatory=location.observatory,
         environment=location.environment,
@@ -514,7 +536,7 @@ def env_names() -> list[str]:
 def _default_text(option: Option) -> str:
     value = option.default
     if value is None or value == ():
-        return {"instruments": "all", "datasets": "from COMMAND"}.get(option.name, "—")
+        return {"instruments": "all", "datasets": "from COMMAND", "reftypes": "all"}.get(option.name, "—")
     if option.parse is not str and isinstance(value, int) and not isinstance(value, bool) and value >= 2**20:
         return f"{value // 2**20}MiB"
     if isinstance(value, bool):

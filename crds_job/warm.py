@@ -78,6 +78,15 @@ class Outcome:
     choices: list[bestrefs.Choice] = field(default_factory=list)
     source: str = ""  # where the files came from (a bucket's or a server's address), for the report
     server: str | None = None  # the CRDS server's URL, where the files came from one
+    def candidates(self) -> dict[str, Any]:
+        """The references warmed only because a header cannot decide between them, and their bytes."""
+        chosen = {name for choice in self.choices for name in choice.references.values()}
+        files = {name for choice in self.choices for found in choice.candidates.values()
+                 for name in found["files"]} - chosen
+        sizes = {entry.name: entry.size for entry in self.plan.references}
+        return {"files": len(files), "bytes": sum(sizes.get(name, 0) for name in files),
+                "types": sorted({kind for choice in self.choices for kind in choice.candidates})}
+
     def report(self) -> dict[str, Any]:
         """The plan as ``--dry-run`` prints it: every file, its bytes, whether it is cached."""
         missing = {entry.name for entry in self.to_fetch}
@@ -120,6 +129,7 @@ class Outcome:
                 "fetch_files": len(self.to_fetch),
                 "fetch_bytes": fetch_bytes,
             },
+            "candidates": self.candidates(),
             "references_for": self.selection.source if self.selection.selective else "the whole context",
             "datasets": [choice.report() for choice in self.choices],
             "files": files,
@@ -425,7 +435,8 @@ class _Warm:
                 answer = await bestrefs.choose(
                     selection.datasets, the_rules.context, location.observatory, env,
                     anonymous=self.bucket.anonymous, strict=selection.strict, scratch=folder,
-                    pickle=pickle.name if pickle else "", listing=listing)
+                    pickle=pickle.name if pickle else "", listing=listing, headers=selection.headers,
+                    reftypes=selection.reftypes)
             except bestrefs.Unloadable:
                 if pickle is not None and handed is not None and self.writable:  # checked, yet of no use: not kept
                     await self.cache.remove(self.cache.path(pickle), handed)
@@ -437,7 +448,7 @@ class _Warm:
             self.log.info("best references", dataset=choice.dataset, instrument=choice.instrument, crds=answer.crds,
                           references=choice.references, not_applicable=list(choice.not_applicable),
                           **({"association": choice.association} if choice.association else {}))
-            if not choice.references:
+            if not choice.files:
                 self.log.warning("crds chose no reference for a named dataset: is it an exposure?",
                                  dataset=choice.dataset)
             if choice.unmatched:
@@ -517,6 +528,24 @@ def _read(path: str) -> tuple[bytes, FileId]:
     """A (small) file's bytes, and the identity of the very file they were read from."""
     with open_in_cache(path) as handle:
         return handle.read(), file_id(os.fstat(handle.fileno()))
+
+
+def _log_candidates(choices: list[bestrefs.Choice], full: plan.Plan, log: Any) -> None:
+    """Say, once per type, which references are warmed because a dataset's header cannot decide between
+    them (``bestrefs._candidates``), and the bytes they add to the plan beyond the references chosen."""
+    sizes = {entry.name: entry.size for entry in full.references}
+    chosen = {name for choice in choices for name in choice.references.values()}
+    by_kind: dict[str, tuple[set[str], set[str], list[str]]] = {}
+    for choice in choices:
+        for kind, found in choice.candidates.items():
+            files, absent, of = by_kind.setdefault(kind, (set(), set(), []))
+            files.update(found["files"])
+            absent.update(found["absent"])
+            of.append(choice.dataset)
+    for kind, (files, absent, of) in sorted(by_kind.items()):
+        log.info(f"warming every candidate of {kind}: its match keys are not in the dataset", reftype=kind,
+                 absent=sorted(absent), files=sorted(files), datasets=of,
+                 bytes=sum(sizes.get(name, 0) for name in files - chosen))
 
 
 async def warm(settings: Settings, log: Any) -> Outcome:
@@ -617,7 +646,8 @@ async def _steps(job: _Warm, settings: Settings, log: Any) -> Outcome:
     cache, progress = job.cache, job.progress
     selection = datasets.select(settings.datasets, settings.command,
                                 whole_context=bool(settings.all_references or settings.instruments
-                                                   or settings.mappings_only))
+                                                   or settings.mappings_only),
+                                header=settings.header, reftypes=settings.reftypes)
     missing = selection.local_missing()
     if missing:  # before anything is fetched
         raise DatasetError(f"dataset {missing[0]}: it does not exist" + (f" (nor {len(missing) - 1} more)"
@@ -643,7 +673,9 @@ async def _steps(job: _Warm, settings: Settings, log: Any) -> Outcome:
                  arguments=list(selection.not_found))
     answer = None
     if selection.selective:
-        log.info("warming the references of datasets", datasets=list(selection.datasets), source=selection.source)
+        log.info("warming the references of datasets", datasets=list(selection.datasets), source=selection.source,
+                 **({"header": dict(selection.header)} if selection.header else {}),
+                 **({"reftypes": list(selection.reftypes)} if selection.reftypes else {}))
     if selection.selective or the_rules.pickled:  # a pickle is loaded even for its own sake: never kept unloadable
         answer = await job.ask_crds(the_rules, config, selection, listing=the_rules.pickled)
     the_plan = the_rules.plan(config.metadata, settings.instruments, settings.mappings_only,
@@ -653,7 +685,8 @@ async def _steps(job: _Warm, settings: Settings, log: Any) -> Outcome:
         assert answer is not None
         choices = answer.choices
         if choices:
-            the_plan = plan.narrow(the_plan, (name for choice in choices for name in choice.references.values()))
+            _log_candidates(choices, the_plan, log)
+            the_plan = plan.narrow(the_plan, (name for choice in choices for name in choice.files))
         else:  # every guess in the command was something else: nothing says what to narrow to
             log.info("no dataset among the command's arguments: warming the whole context")
             selection = datasets.Selection((), "none", selection.not_found)

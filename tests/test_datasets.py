@@ -436,7 +436,7 @@ def test_dry_run_prints_each_datasets_choice_and_writes_nothing(hst_bucket, hst_
     report = json.loads(run.stdout)
     expected = hst_bucket.sample.expected[hst_bucket.sample.contexts[-1]]["acs"]
     assert report["datasets"] == [{"dataset": hst_datasets["ACS"], "instrument": "acs", "references": expected,
-                                   "not_applicable": [], "unmatched": {}}]
+                                   "not_applicable": [], "unmatched": {}, "candidates": {}}]
     assert report["references_for"] == "--datasets"
     assert {f["name"] for f in report["files"] if f["kind"] == "reference"} == set(expected.values())
     assert report["totals"]["fetch_bytes"] == sum(f["size"] for f in report["files"])

@@ -57,8 +57,9 @@ def test_every_option_has_a_twin_that_works():
         "patience": "30", "lower": "/efs/crds:relative/baked",
         "prune": "1", "keep_contexts": "2", "keep": "roman_0050.pmap", "max_bytes": "500G",
     }
-    # --datasets excludes the whole-context options set here: its twin is tested in test_datasets.
-    assert set(values) | {"datasets"} == {option.name for option in settings.OPTIONS}
+    # --datasets, --reftypes and --header exclude the whole-context options set here: their twins are
+    # tested in test_datasets and test_candidates.
+    assert set(values) | {"datasets", "reftypes", "header"} == {option.name for option in settings.OPTIONS}
     env = {settings.OPTION_BY_NAME[name].env: value for name, value in values.items()}
     s = parse(["roman", "ops"], **env)
     assert all(s.sources[name] == settings.OPTION_BY_NAME[name].env for name in values)
