@@ -352,21 +352,17 @@ def _prune(cache: Cache, keep_contexts: int | None, keep: tuple[str, ...], max_b
             removable.append((last_use(info), path, info.st_size))
     removable.sort()
     going = [(path, size) for _, path, size in removable if by_context and path not in needed]
+    gone = {path for path, _ in going}
+    total = sum(info.st_size for path, info in files.items()
+                if path.startswith("references" + os.sep) and path not in gone)
     if max_bytes is not None:
-        gone = {path for path, _ in going}
-        total = sum(info.st_size for path, info in files.items()
-                    if path.startswith("references" + os.sep) and path not in gone)
         for _, path, size in removable:
             if total <= max_bytes:
                 break
             if path.startswith("references" + os.sep) and path not in gone and path not in named:
                 going.append((path, size))
                 total -= size
-        done.references_bytes = total
-    else:
-        gone = {path for path, _ in going}
-        done.references_bytes = sum(info.st_size for path, info in files.items()
-                                    if path.startswith("references" + os.sep) and path not in gone)
+    done.references_bytes = total
     done.removed = going
     if not dry_run:
         for path, _ in going:
@@ -374,7 +370,6 @@ def _prune(cache: Cache, keep_contexts: int | None, keep: tuple[str, ...], max_b
         if by_context:
             for name in set(records) - kept:
                 for suffix in (".json", ".json.lock"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(_folder(cache.root, "contexts", cache.observatory), name + suffix))
+                    _remove(os.path.join(_folder(cache.root, "contexts", cache.observatory), name + suffix))
         cache.sweep()
     return done
