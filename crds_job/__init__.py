@@ -9,45 +9,37 @@ The public API, for callers that embed the warm instead of running the command:
 - ``locate(observatory, environment)``: where STScI's S3 cache of that pair lives.
 """
 
-import gc as _gc
+from __future__ import annotations
 
-# Importing the AWS SDK builds tens of thousands of objects that live as long as
-# the process; the collector ran 117 times while they were built, 80 ms of each
-# job's start. So it is paused, and what the import built goes straight to the
-# oldest generation (freeze, then unfreeze: nothing is walked), else the first
-# collection after the pause would walk it all. Not when the importing program
-# has frozen objects of its own: unfreeze would release them too. The collector
-# is left on or off as it was found.
-_collecting = _gc.isenabled()
-_frozen_by_caller = _gc.get_freeze_count()
-_gc.disable()
-import signal as _signal  # noqa: E402 (after the pause: they too allocate)
-import threading as _threading  # noqa: E402
-
-# A SIGINT during these imports (the first half second of every job) would print a traceback of
-# the SDK's import, in what must be JSON lines: it ends the process as SIGTERM does, silently.
-# Only Python's own handler is set aside, and only while importing; the caller's stays.
-_interrupt = _signal.getsignal(_signal.SIGINT)
-_quiet = _interrupt is _signal.default_int_handler and _threading.current_thread() is _threading.main_thread()
-if _quiet:
-    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
-try:
-    from .cli import main
-    from .environments import Location, locate
-    from .errors import CrdsJobError, ExitCode
-    from .settings import OPTIONS, Settings, parse
-    from .warm import Outcome, warm
-finally:
-    if _quiet:
-        _signal.signal(_signal.SIGINT, _interrupt)
-    if not _frozen_by_caller:
-        _gc.freeze()
-        _gc.unfreeze()
-    if _collecting:
-        _gc.enable()
+#: Each public name and its module: imported on first use (PEP 562), not with the package. The crds
+#: child (``python -m crds_job.bestrefs``) imports this package too, and needs none of the AWS SDK
+#: that ``cli`` and ``warm`` bring: 0.3 s of every selective warm. ``cli`` imports the SDK with the
+#: collector paused and SIGINT quiet (see there), so it comes first.
+_PUBLIC = {
+    "main": "cli", "parse": "settings", "Settings": "settings", "OPTIONS": "settings", "warm": "warm",
+    "Outcome": "warm", "locate": "environments", "Location": "environments", "ExitCode": "errors",
+    "CrdsJobError": "errors",
+}
 
 __all__ = [
     "main", "parse", "warm", "locate",
     "Settings", "Outcome", "Location", "OPTIONS",
     "ExitCode", "CrdsJobError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """A public name, on first use: every one is bound then, over the submodules of the same name that
+    importing binds (``warm`` the function, not the module). Nothing heavy is imported before this."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    importlib.import_module(f"{__name__}.cli")
+    for public, module in _PUBLIC.items():
+        globals()[public] = getattr(importlib.import_module(f"{__name__}.{module}"), public)
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import functools
 import glob
 import json
 import os
@@ -584,8 +585,22 @@ def _listing(pmap: Any) -> dict[str, list[str]]:
     return {str(instrument): sorted(imap.reference_names()) for instrument, imap in pmap.selections.normal_items()}
 
 
+def _libyaml() -> None:
+    """Parse YAML with libyaml where PyYAML has it: asdf reads the manifest of every installed extension
+    (some 75 documents, in a calibration image) with ``yaml.safe_load``, PyYAML's pure-Python parser, at
+    its first file: 0.6 s of a header's 1.5 s. The same safe loader in C gives the same values. Only in
+    this child, which reads headers and exits."""
+    try:
+        import yaml
+    except ImportError:
+        return
+    if getattr(yaml, "__with_libyaml__", False):
+        yaml.safe_load = functools.partial(yaml.load, Loader=yaml.CSafeLoader)
+
+
 def main() -> int:
     """The child: read the request, write the answer to the file it names; crds's chatter goes to stderr."""
+    _libyaml()
     request = json.load(sys.stdin)
     _die_with(request["parent"])
     sys.stdout = sys.stderr
