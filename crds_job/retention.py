@@ -37,6 +37,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -44,6 +45,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import answers
 from .cache import AREAS, TEMP_SUFFIX, Cache, out_of_room
 from .errors import CacheError, UsageError
 
@@ -371,5 +373,6 @@ def _prune(cache: Cache, keep_contexts: int | None, keep: tuple[str, ...], max_b
             for name in set(records) - kept:
                 for suffix in (".json", ".json.lock"):
                     _remove(os.path.join(_folder(cache.root, "contexts", cache.observatory), name + suffix))
+                shutil.rmtree(answers.folder(cache.root, cache.observatory, name), ignore_errors=True)  # a saving
         cache.sweep()
     return done

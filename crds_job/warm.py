@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import (
+    answers,
     bestrefs,
     crds_server,
     datasets,
@@ -157,6 +158,7 @@ class _Warm:
         self.leasing = self.writable
         self.gate: retention.Gate | None = None
         self.from_lower: dict[plan.Entry, str] = {}  # references a lower layer holds: linked, not fetched
+        self.kept: tuple[str, bestrefs.Answer] | None = None  # crds's answer, to keep once the warm is done
 
     def cover_missing(self, mappings: list[plan.Entry]) -> None:
         """Before ``mappings`` are fetched: a durable journal names those not cached (see ``durability``).
@@ -420,7 +422,36 @@ class _Warm:
     async def ask_crds(self, the_rules: rules.Rules, config: server_config.ServerConfig, selection: datasets.Selection,
                        listing: bool) -> bestrefs.Answer:
         """The real crds's best references for each dataset, from the verified rules, offline; and,
-        with ``listing``, every reference the context names (what only crds can read in a pickle)."""
+        with ``listing``, every reference the context names (what only crds can read in a pickle).
+
+        The same question asked here before (``answers``) is answered as crds answered it then.
+        """
+        key = None if listing else answers.key(the_rules.context, selection, os.environ)
+        answer = answers.recall(self.cache, the_rules.context, key) if key else None
+        if answer is None:
+            answer = await self._ask_child(the_rules, config, selection, listing)
+            self.kept = (key, answer) if key else None
+        else:
+            self.log.info("crds's choice for these datasets, as it made it here before: crds is not asked again",
+                          key=key, cache=self.cache.root)
+        for one in answer.skipped:
+            self.log.warning("a command argument named like a dataset is not one crds can read: skipped",
+                             argument=one.dataset, reason=one.reason)
+        for choice in answer.choices:
+            self.log.info("best references", dataset=choice.dataset, instrument=choice.instrument, crds=answer.crds,
+                          references=choice.references, not_applicable=list(choice.not_applicable),
+                          **({"association": choice.association} if choice.association else {}))
+            if not choice.files:
+                self.log.warning("crds chose no reference for a named dataset: is it an exposure?",
+                                 dataset=choice.dataset)
+            if choice.unmatched:
+                self.log.warning("no reference matched some types of a dataset; the calibration decides "
+                                 "whether that is fatal", dataset=choice.dataset, unmatched=choice.unmatched)
+        return answer
+
+    async def _ask_child(self, the_rules: rules.Rules, config: server_config.ServerConfig,
+                         selection: datasets.Selection, listing: bool) -> bestrefs.Answer:
+        """crds's answer, from a child process on a scratch CRDS_PATH of the verified rules (``bestrefs``)."""
         location = self.settings.location  # for the child's offline crds: its observatory, no source
         pickle = the_rules.files[0] if the_rules.pickled else None
         handed = None  # the cached copy of the pickle crds is given: the one to remove if it cannot load it
@@ -441,19 +472,6 @@ class _Warm:
                 if pickle is not None and handed is not None and self.writable:  # checked, yet of no use: not kept
                     await self.cache.remove(self.cache.path(pickle), handed)
                 raise
-        for one in answer.skipped:
-            self.log.warning("a command argument named like a dataset is not one crds can read: skipped",
-                             argument=one.dataset, reason=one.reason)
-        for choice in answer.choices:
-            self.log.info("best references", dataset=choice.dataset, instrument=choice.instrument, crds=answer.crds,
-                          references=choice.references, not_applicable=list(choice.not_applicable),
-                          **({"association": choice.association} if choice.association else {}))
-            if not choice.files:
-                self.log.warning("crds chose no reference for a named dataset: is it an exposure?",
-                                 dataset=choice.dataset)
-            if choice.unmatched:
-                self.log.warning("no reference matched some types of a dataset; the calibration decides "
-                                 "whether that is fatal", dataset=choice.dataset, unmatched=choice.unmatched)
         return answer
 
     def _scratch_cache(self, folder: str, files: tuple[plan.Entry, ...], config: server_config.ServerConfig) -> None:
@@ -746,6 +764,8 @@ async def _steps(job: _Warm, settings: Settings, log: Any) -> Outcome:
         reporter.cancel()
     await job.write_config(config_files)
     job.used(context, the_plan)
+    if job.kept is not None:  # the warm is done: the same question asked here again need not ask crds
+        answers.remember(cache, context, *job.kept)
     outcome.fetched = True
     log.info("warmed", context=context, cache=cache.root, **progress.summary())
     return outcome
