@@ -227,3 +227,14 @@ def test_the_retention_benchmark_runs_and_prints_its_tables(tmp_path):
                 "A cache per job / the shared cache: "):
         assert row in report, row
     assert report.strip() == done.stdout.strip()  # --out holds what was printed
+
+
+def test_the_overhead_benchmark_runs_and_prints_its_tables(tmp_path):
+    """Time to exec, cold, warm and warm for another dataset: the warm run takes crds's kept answer."""
+    out = tmp_path / "overhead.md"
+    _, report = quick_run("overhead.py", out, "--server", "moto")
+    assert "## crds-job's own time before exec, one dataset" in report
+    for row in ("| tiny, cold | 2 |", "| tiny, warm | 2 |", "| tiny, warm, another dataset | 2 |",
+                "| realistic, warm | 2 |"):
+        assert row in report, report
+    assert "| crds answered (or its kept answer read) (`best references`) |" in report
