@@ -8,8 +8,8 @@ array job that calibrates the same exposure again asks the same question of
 the same rules: the answer is kept beside the cache's files and reused.
 
 The answer is reused only for the same question, by a key over everything
-that can change it: the context (a context's name is its content: mappings are
-never edited, and every one is verified against the bucket's sha1 before use),
+that can change it: the context and its rules' files, by name and by the sha1
+the bucket publishes (each is verified against it before use),
 each dataset's name and the bytes crds reads of it (an ASDF file's tree, up
 to its first block; anything else whole), the crds that chose (its package's
 file, size and time: a new install is a new crds), the ``CRDS_*`` variables
@@ -30,13 +30,14 @@ import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .bestrefs import Answer, Choice, Skipped
 from .cache import Cache
 from .datasets import Selection, is_association, is_url
 from .errors import CrdsJobError
+from .plan import Entry
 
 FOLDER = ".crds-job-answers"
 #: Bumped when the kept answer's form or the key's meaning changes: older answers are then not found.
@@ -52,11 +53,16 @@ def folder(root: str, observatory: str, context: str = "") -> str:
     return os.path.join(root, FOLDER, observatory, context) if context else os.path.join(root, FOLDER, observatory)
 
 
-def key(context: str, selection: Selection, environ: Mapping[str, str]) -> str | None:
-    """The key of this question, or None where its answer is not to be kept (see the module's docstring)."""
+def key(context: str, rules: Iterable[Entry], selection: Selection, environ: Mapping[str, str]) -> str | None:
+    """The key of this question, or None where its answer is not to be kept (see the module's docstring).
+
+    ``rules``: the files of the context's rules, whose names and sha1s (the bucket's) are in the key too:
+    a bucket that republished a mapping under its old name would otherwise be answered from the old one.
+    """
     if not selection.datasets or any(is_url(name) or is_association(name) for name in selection.datasets):
         return None
-    parts: list[Any] = [FORMAT, context, _crds_identity(), selection.strict, list(selection.reftypes),
+    parts: list[Any] = [FORMAT, context, sorted((entry.name, entry.size, entry.sha1) for entry in rules),
+                        _crds_identity(), selection.strict, list(selection.reftypes),
                         list(selection.header),
                         sorted((name, value) for name, value in environ.items()
                                if name.startswith("CRDS_") and name != "CRDS_PATH")]

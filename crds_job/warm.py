@@ -426,7 +426,7 @@ class _Warm:
 
         The same question asked here before (``answers``) is answered as crds answered it then.
         """
-        key = None if listing else answers.key(the_rules.context, selection, os.environ)
+        key = None if listing else answers.key(the_rules.context, the_rules.files, selection, os.environ)
         answer = answers.recall(self.cache, the_rules.context, key) if key else None
         if answer is None:
             answer = await self._ask_child(the_rules, config, selection, listing)

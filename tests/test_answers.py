@@ -14,7 +14,7 @@ import numpy
 import pytest
 from conftest import cache_files, new_bucket
 
-from crds_job import answers, datasets
+from crds_job import answers, datasets, plan
 from crds_job.sample import context
 from crds_job.sample import datasets as sample_datasets
 
@@ -47,7 +47,9 @@ def test_the_key_follows_the_tree_the_name_the_environment_and_the_selection(tmp
     def key(*names: str, environ: dict | None = None, **selection) -> str | None:
         chosen = datasets.select(names, [], False, header=selection.get("header", ()),
                                  reftypes=selection.get("reftypes", ()))
-        return answers.key("roman_0051.pmap", chosen, environ or {})
+        return answers.key("roman_0051.pmap", rules, chosen, environ or {})
+
+    rules = [plan.Entry("roman_0051.pmap", "pmap", 500, "a" * 40), plan.Entry("roman_wfi_0051.imap", "imap", 90, "")]
 
     first = key(exposure(tmp_path / "a.asdf"))
     assert first and first == key(exposure(tmp_path / "a.asdf", fill=7.0))  # the data block is not read by crds
@@ -58,6 +60,9 @@ def test_the_key_follows_the_tree_the_name_the_environment_and_the_selection(tmp
     assert first != key(str(tmp_path / "a.asdf"), environ={"CRDS_ALLOW_BAD_RULES": "1"})
     assert first == key(str(tmp_path / "a.asdf"), environ={"CRDS_PATH": "/elsewhere", "HOME": "/x"})
     assert first != key(str(tmp_path / "a.asdf"), reftypes=("dark",))
+    rules[1] = plan.Entry("roman_wfi_0051.imap", "imap", 90, "b" * 40)  # a mapping published again, changed
+    assert first != key(str(tmp_path / "a.asdf"))
+    rules[1] = plan.Entry("roman_wfi_0051.imap", "imap", 90, "")
     fits = sample_datasets.write_fits(str(tmp_path / "x_raw.fits"), context.HST_DATASET_HEADERS["ACS"])
     assert key(fits) and key(fits) != key(sample_datasets.write_fits(
         str(tmp_path / "x_raw.fits"), dict(context.HST_DATASET_HEADERS["ACS"], FILTER1="F555W")))
