@@ -28,16 +28,22 @@ __all__ = [
 ]
 
 
+def _bind() -> None:
+    """Bind every public name over the submodules of the same name that importing them bound (``warm``
+    the function, not the module). ``cli`` calls it once it is loaded: it imports all of them."""
+    import importlib
+
+    for public, module in _PUBLIC.items():
+        globals()[public] = getattr(importlib.import_module(f"{__name__}.{module}"), public)
+
+
 def __getattr__(name: str) -> object:
-    """A public name, on first use: every one is bound then, over the submodules of the same name that
-    importing binds (``warm`` the function, not the module). Nothing heavy is imported before this."""
+    """A public name, on first use: nothing heavy is imported with the package itself."""
     if name not in _PUBLIC:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    importlib.import_module(f"{__name__}.cli")
-    for public, module in _PUBLIC.items():
-        globals()[public] = getattr(importlib.import_module(f"{__name__}.{module}"), public)
+    importlib.import_module(f"{__name__}.cli")  # which binds them all
     return globals()[name]
 
 

@@ -276,3 +276,9 @@ def console_main() -> None:
     # job, measured in bench/) only to free memory that the exit frees anyway.
     gc.freeze()
     sys.exit(code)
+
+
+# The package's public names, bound now that cli holds them all (see ``crds_job.__init__``).
+from . import _bind  # noqa: E402
+
+_bind()

@@ -94,3 +94,9 @@ def test_the_package_alone_imports_no_sdk_and_its_public_names_come_on_first_use
              "callable(warm), ExitCode.USAGE.value)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["[]", "True", "True", "64"]
+
+
+def test_the_public_warm_is_the_function_whatever_was_imported_first():
+    probe = "import crds_job.cli\nfrom crds_job import warm\nprint(callable(warm), type(warm).__name__)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "function"]
