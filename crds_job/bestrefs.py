@@ -113,10 +113,15 @@ class Skipped:
     reason: str
 
 
-def _choice(answer: Mapping[str, Any], context: str) -> Choice:
+def choice_of(answer: Mapping[str, Any], context: str) -> Choice:
+    """A dataset's choice from crds's answer for it (the child's, or one kept in the cache); its error, raised."""
     dataset = answer["dataset"]
     reason = answer.get("error")
     message = answer.get("message", "")
+    if answer.get("given") and reason in ("instrument", "unreadable"):  # --header's, not a file's
+        raise UsageError(f"{dataset}: " + (f"instrument {answer['instrument']} is not in context {context} (it has "
+                                           f"{', '.join(answer['covered'])})" if reason == "instrument" else message),
+                         "name one of the context's instruments in --header")
     if reason == "instrument":
         raise DatasetError(
             f"dataset {dataset} is of instrument {answer['instrument']}, which context {context} does not cover "
@@ -248,14 +253,14 @@ async def choose(
     choices, skipped = [], []
     for one in answer["results"]:
         if one.get("given"):  # a header given as such: meant, as a named dataset is
-            choices.append(_choice(one, context))
+            choices.append(choice_of(one, context))
         elif not strict and _skippable(one):
             skipped.append(Skipped(one["dataset"], one["message"]))
         elif not strict and not one.get("error") and not one["references"] and not one.get("candidates"):
             # crds read it and chose nothing for it: not an exposure (a catalog, a table), whatever its name
             skipped.append(Skipped(one["dataset"], "crds chose no reference for it: no type applies or matched"))
         else:
-            choices.append(_choice(one, context))
+            choices.append(choice_of(one, context))
     return Answer(choices, skipped, listed if listing else None, str(answer.get("crds", "")))
 
 
@@ -294,7 +299,7 @@ def _read_header(crds_io: Any, source: str, observatory: str, anonymous: bool) -
         return crds_io.file_factory(opened, name, observatory).get_header((), checksum=False)
 
 
-def _is_association(source: str, header: Mapping[str, Any]) -> bool:
+def _is_hst_table(source: str, header: Mapping[str, Any]) -> bool:
     return (str(header.get("FILETYPE", "")).strip().upper() == _ASSOCIATION
             or datasets.base_name(source).lower().endswith("_asn.fits"))
 
@@ -320,13 +325,18 @@ def _raw_files(table: str, names: list[str], anonymous: bool) -> dict[str, list[
     if not is_url(table):
         folder = glob.escape(os.path.dirname(table))
         return {name: sorted(glob.glob(os.path.join(folder, f"{name}_raw*.fits"))) for name in names}
-    url_folder = table.split("?", 1)[0][: -len(datasets.base_name(table))]  # ends with "/"
+    url_folder = _url_folder(table)
     if table.lower().startswith(("http://", "https://")):  # no listing over HTTP: the usual name
         return {name: [f"{url_folder}{name}_raw.fits"] for name in names}
     filesystem, path = _filesystem(table, anonymous)
     folder = path.rsplit("/", 1)[0]
     return {name: sorted(url_folder + match.rsplit("/", 1)[-1]
                          for match in filesystem.glob(f"{folder}/{name}_raw*.fits")) for name in names}
+
+
+def _url_folder(source: str) -> str:
+    """The folder of a dataset's URL, ending with "/", without the URL's query (a presigned signature)."""
+    return source.split("?", 1)[0][: -len(datasets.base_name(source))]
 
 
 def _remote(source: str) -> bool:
@@ -367,6 +377,7 @@ def _answers(
     names no exposure's parameters, so crds would choose nothing for it.
     """
     if datasets.is_association(source):
+        answer: dict[str, Any] = {"dataset": source, "error": "unreadable", "message": "it lists no exposure"}
         try:
             members, absent = _roman_members(source, anonymous)
         except Exception as exc:
@@ -375,7 +386,7 @@ def _answers(
     else:
         answer = _one(crds, pmap, source, context, observatory, anonymous, reftypes)
         header = answer.pop("header", None)
-        if header is None or not _is_association(source, header):
+        if header is None or not _is_hst_table(source, header):
             return [answer]
         try:
             members, absent = _association_members(source, anonymous)
@@ -388,9 +399,7 @@ def _answers(
         found = _one(crds, pmap, member, context, observatory, anonymous, reftypes)
         found.pop("header", None)
         answers.append(dict(found, association=source))
-    if not answers:
-        return [{"dataset": source, "error": "unreadable", "message": "it lists no exposure"}]
-    return answers
+    return answers or [answer]  # an HST table with no exposure present: its own answer, as crds gives it
 
 
 def _roman_members(source: str, anonymous: bool) -> tuple[list[str], list[str]]:
@@ -405,8 +414,7 @@ def _roman_members(source: str, anonymous: bool) -> tuple[list[str], list[str]]:
             document = json.load(opened)
     names = [str(member["expname"]) for product in document["products"] for member in product["members"]]
     if is_url(source):
-        folder = source.split("?", 1)[0][: -len(datasets.base_name(source))]
-        paths = [name if is_url(name) else folder + name.lstrip("/") for name in names]
+        paths = [name if is_url(name) else _url_folder(source) + name.lstrip("/") for name in names]
         return list(dict.fromkeys(paths)), []
     folder = os.path.dirname(source)
     paths = list(dict.fromkeys(os.path.join(folder, name) for name in names))
@@ -460,77 +468,88 @@ def _choose(crds: Any, pmap: Any, answer: dict[str, Any], header: Mapping[str, A
         return dict(answer, error="reftypes", instrument=instrument, unknown=unknown, known=sorted(imap.selections))
     try:
         # As crds bestrefs does: the locator's types for this header, else every type of the instrument.
-        try:
-            types = list(utils.get_locator_module(observatory).header_to_reftypes(header, context))
-        except Exception:
-            types = []
-        types = list(reftypes) or types or sorted(imap.selections)
+        types = list(reftypes) or _located_types(utils, header, context, observatory) or sorted(imap.selections)
         found = crds.getrecommendations(header, reftypes=types, context=context, observatory=observatory,
                                         fast=True)
-        references, not_applicable, unmatched = {}, [], {}
-        for kind, value in sorted(found.items()):
-            if value.startswith(_NOT_APPLICABLE):
-                not_applicable.append(kind)
-            elif value.startswith(_NOT_FOUND):
-                unmatched[kind] = value[len(_NOT_FOUND):].strip()
-            else:
-                references[kind] = value
-        # A file crds chooses nothing for is no exposure (a catalog lacks every key): nothing is undecided for it.
-        candidates = {kind: undecided for kind in unmatched
-                      if (references or answer.get("given")) and (undecided := _candidates(imap, kind, header))}
-        unmatched = {kind: reason for kind, reason in unmatched.items() if kind not in candidates}
     except Exception as exc:
         return dict(answer, error="crds", message=f"{type(exc).__name__}: {exc}"[:400])
+    references, not_applicable, unmatched = {}, [], {}
+    for kind, value in sorted(found.items()):
+        if value.startswith(_NOT_APPLICABLE):
+            not_applicable.append(kind)
+        elif value.startswith(_NOT_FOUND):
+            unmatched[kind] = value[len(_NOT_FOUND):].strip()
+        else:
+            references[kind] = value
+    candidates = {}
+    if unmatched and (references or answer.get("given")):  # a file crds chooses nothing for is no exposure
+        conditioned = utils.condition_header(dict(header))  # once: a Roman tree has thousands of keys
+        candidates = {kind: undecided for kind in unmatched if (undecided := _candidates(imap, kind, conditioned))}
     return dict(answer, instrument=instrument, references=references, not_applicable=not_applicable,
-                unmatched=unmatched, candidates=candidates)
+                unmatched={kind: why for kind, why in unmatched.items() if kind not in candidates},
+                candidates=candidates)
 
 
-def _candidates(imap: Any, kind: str, header: Mapping[str, Any]) -> dict[str, list[str]]:
-    """For a type crds found no match for: if the header lacks some of the keys its rmap matches on
-    (absent, or UNDEFINED), the keys it lacks and every reference the rmap can still select, each lacking
-    key taking any value and each present key its own; else nothing (no file is meant to match).
+def _located_types(utils: Any, header: Mapping[str, Any], context: str, observatory: str) -> list[str]:
+    """The types the observatory's locator says this header needs (none: every type, as crds bestrefs)."""
+    try:
+        return list(utils.get_locator_module(observatory).header_to_reftypes(header, context))
+    except Exception:
+        return []
+
+
+def _candidates(imap: Any, kind: str, conditioned: Mapping[str, Any]) -> dict[str, list[str]]:
+    """For a type crds found no match for: if that is because the header lacks keys its rmap matches
+    on (absent, or UNDEFINED: a row's value for one of them would refuse UNDEFINED), those keys and
+    every reference the rmap can still select, each lacking key taking any value and each present key
+    its own; else nothing (no file is meant to match, or crds failed for another reason: a date before
+    every use-after, a value no row has). A failure here leaves the type unmatched, as before.
 
     romancal asks for ``dustmap`` by ``ROMAN.FIELD``, a key no exposure carries: the exposure cannot
     say which map, but the rmap says which maps there are.
     """
-    from crds.core import utils
-
     try:
         rmap = imap.get_rmap(kind)
-    except Exception:  # no rmap for it (N/A in the imap): nothing to select from
+        header = rmap._precondition_header(rmap, dict(conditioned))  # crds's hook for the type, as it applies it
+        header = rmap.map_irrelevant_parkeys_to_na(rmap.minimize_header(header))
+        levels = [tuple(level) if isinstance(level, (tuple, list)) else (level,) for level in rmap.parkey]
+        deciding: set[str] = set()
+        files = set(_selectable(rmap.selector, header, levels, 0, deciding)) & set(rmap.reference_names())
+    except Exception:
         return {}
-    levels = [tuple(level) if isinstance(level, (tuple, list)) else (level,) for level in rmap.parkey]
-    conditioned = rmap.map_irrelevant_parkeys_to_na(rmap.minimize_header(utils.condition_header(dict(header))))
-    absent = sorted({key for level in levels for key in level if conditioned.get(key, _UNDEFINED) == _UNDEFINED})
-    if not absent:
-        return {}
-    known = set(rmap.reference_names())  # without N/A and OMIT
-    files = sorted(set(_selectable(rmap.selector, conditioned, levels, 0)) & known)
-    return {"absent": absent, "files": files} if files else {}
+    return {"absent": sorted(deciding), "files": sorted(files)} if files and deciding else {}
 
 
-def _selectable(selector: Any, header: Mapping[str, Any], levels: list[tuple[str, ...]], depth: int) -> list[str]:
+def _selectable(selector: Any, header: Mapping[str, Any], levels: list[tuple[str, ...]], depth: int,
+                deciding: set[str]) -> list[str]:
     """The references ``selector`` (at ``depth`` of its rmap's nesting) may select for ``header``: at a
     Match, every row whose values match the keys the header has (crds's own matchers), the others taking
-    any value; below, what crds chooses, or every file where it cannot choose (a date the header lacks)."""
+    any value (those whose row values would refuse UNDEFINED are added to ``deciding``); below, what crds
+    chooses, or, where it cannot because the header lacks this level's keys (a date), every file."""
     from crds.core import selectors
 
+    keys = levels[depth] if depth < len(levels) else ()
     if not isinstance(selector, selectors.MatchSelector):
         try:
             return [selector.choose(header)]
         except Exception:
-            return list(selector.reference_names())
-    keys = levels[depth] if depth < len(levels) else ()
+            lacking = {key for key in keys if header.get(key, _UNDEFINED) == _UNDEFINED}
+            deciding |= lacking
+            return list(selector.reference_names()) if lacking else []
     found: list[str] = []
     for row, choice in zip(selector.keys(), selector.choices(), strict=True):
         values = row if isinstance(row, tuple) else (row,)
-        if any(header.get(key, _UNDEFINED) != _UNDEFINED and selectors.matcher(value).match(header[key]) == -1
-               for key, value in zip(keys, values, strict=False)):
+        matchers = [(key, selectors.matcher(value)) for key, value in zip(keys, values, strict=False)]
+        if any(header.get(key, _UNDEFINED) != _UNDEFINED and matcher.match(header[key]) == -1
+               for key, matcher in matchers):
             continue
-        if isinstance(choice, selectors.Selector):
-            found += _selectable(choice, header, levels, depth + 1)
-        else:
-            found += [choice] if isinstance(choice, str) else list(choice)
+        lacking = {key for key, matcher in matchers
+                   if header.get(key, _UNDEFINED) == _UNDEFINED and matcher.match(_UNDEFINED) == -1}
+        below = (_selectable(choice, header, levels, depth + 1, deciding) if isinstance(choice, selectors.Selector)
+                 else [choice] if isinstance(choice, str) else list(choice))
+        if below:
+            deciding |= lacking
+            found += below
     return found
 
 

@@ -24,11 +24,10 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-#: Suffixes of the dataset formats found in a command: FITS (plain or compressed), ASDF, and a
-#: Roman association (stpipe's JSON), which stands for its members.
-SUFFIXES = (".fits", ".fits.gz", ".fit", ".fits.fz", ".asdf", "_asn.json")
-#: How a Roman (stpipe) association's name ends.
+#: How a Roman (stpipe) association's name ends: it stands for its members.
 ASSOCIATION_SUFFIX = "_asn.json"
+#: Suffixes of the dataset formats found in a command: FITS (plain or compressed), ASDF, a Roman association.
+SUFFIXES = (".fits", ".fits.gz", ".fit", ".fits.fz", ".asdf", ASSOCIATION_SUFFIX)
 #: FITS suffixes crds does not know by name (it would sniff the bytes, and fail on a gzip).
 _FITS_ALIASES = (".fits.gz", ".fits.fz", ".fit")
 #: URL schemes read through fsspec (its registry knows more; these are the ones jobs use).

@@ -81,12 +81,10 @@ class Outcome:
     server: str | None = None  # the CRDS server's URL, where the files came from one
     def candidates(self) -> dict[str, Any]:
         """The references warmed only because a header cannot decide between them, and their bytes."""
-        chosen = {name for choice in self.choices for name in choice.references.values()}
-        files = {name for choice in self.choices for found in choice.candidates.values()
-                 for name in found["files"]} - chosen
+        by_kind = undecided(self.choices, self.plan)
+        files = {name for found in by_kind.values() for name in found["added"]}
         sizes = {entry.name: entry.size for entry in self.plan.references}
-        return {"files": len(files), "bytes": sum(sizes.get(name, 0) for name in files),
-                "types": sorted({kind for choice in self.choices for kind in choice.candidates})}
+        return {"files": len(files), "bytes": sum(sizes.get(name, 0) for name in files), "types": sorted(by_kind)}
 
     def report(self) -> dict[str, Any]:
         """The plan as ``--dry-run`` prints it: every file, its bytes, whether it is cached."""
@@ -548,22 +546,24 @@ def _read(path: str) -> tuple[bytes, FileId]:
         return handle.read(), file_id(os.fstat(handle.fileno()))
 
 
-def _log_candidates(choices: list[bestrefs.Choice], full: plan.Plan, log: Any) -> None:
-    """Say, once per type, which references are warmed because a dataset's header cannot decide between
-    them (``bestrefs._candidates``), and the bytes they add to the plan beyond the references chosen."""
+def undecided(choices: list[bestrefs.Choice], full: plan.Plan) -> dict[str, dict[str, Any]]:
+    """By type, the references warmed because a dataset's header cannot decide between them
+    (``bestrefs._candidates``): the files, the keys lacking, the datasets, and the files and bytes
+    they add to the plan beyond the references chosen."""
     sizes = {entry.name: entry.size for entry in full.references}
     chosen = {name for choice in choices for name in choice.references.values()}
-    by_kind: dict[str, tuple[set[str], set[str], list[str]]] = {}
+    by_kind: dict[str, dict[str, Any]] = {}
     for choice in choices:
         for kind, found in choice.candidates.items():
-            files, absent, of = by_kind.setdefault(kind, (set(), set(), []))
-            files.update(found["files"])
-            absent.update(found["absent"])
-            of.append(choice.dataset)
-    for kind, (files, absent, of) in sorted(by_kind.items()):
-        log.info(f"warming every candidate of {kind}: its match keys are not in the dataset", reftype=kind,
-                 absent=sorted(absent), files=sorted(files), datasets=of,
-                 bytes=sum(sizes.get(name, 0) for name in files - chosen))
+            one = by_kind.setdefault(kind, {"files": set(), "absent": set(), "datasets": []})
+            one["files"].update(found["files"])
+            one["absent"].update(found["absent"])
+            one["datasets"].append(choice.dataset)
+    for one in by_kind.values():
+        one["added"] = sorted(one["files"] - chosen)
+        one["bytes"] = sum(sizes.get(name, 0) for name in one["added"])
+        one["files"], one["absent"] = sorted(one["files"]), sorted(one["absent"])
+    return by_kind
 
 
 async def warm(settings: Settings, log: Any) -> Outcome:
@@ -701,9 +701,15 @@ async def _steps(job: _Warm, settings: Settings, log: Any) -> Outcome:
     choices: list[bestrefs.Choice] = []
     if selection.selective:
         assert answer is not None
+        if not answer.choices and selection.reftypes and not selection.header:  # no guess was a dataset
+            selection = datasets.Selection((), "--reftypes", selection.not_found, reftypes=selection.reftypes)
+            answer = await job.ask_crds(the_rules, config, selection, listing=False)
         choices = answer.choices
         if choices:
-            _log_candidates(choices, the_plan, log)
+            for kind, found in sorted(undecided(choices, the_plan).items()):
+                log.info(f"warming every candidate of {kind}: its match keys are not in the dataset", reftype=kind,
+                         absent=found["absent"], files=found["files"], datasets=found["datasets"],
+                         bytes=found["bytes"])
             the_plan = plan.narrow(the_plan, (name for choice in choices for name in choice.files))
         else:  # every guess in the command was something else: nothing says what to narrow to
             log.info("no dataset among the command's arguments: warming the whole context")

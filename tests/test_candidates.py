@@ -53,14 +53,15 @@ SIZES = {"roman_wfi_dustmap_0001.fits": 300_000, "roman_wfi_dustmap_0002.fits": 
          "roman_wfi_epsf_0003.asdf": 3_000, "roman_wfi_epsf_0004.asdf": 4_000}
 
 
-def with_rmaps(sample: context.SampleBucket, *rules: tuple[str, tuple, tuple, str]) -> context.SampleBucket:
+def with_rmaps(sample: context.SampleBucket, *rules: tuple[str, tuple, tuple, str],
+               sizes: dict[str, int] = SIZES) -> context.SampleBucket:
     """``sample`` with one more rmap per rule, named by every context's WFI imap, as a delivery adds a type."""
     for kind, parkey, classes, selector in rules:
         name = f"roman_wfi_{kind}_0001.rmap"
         header = {"mapping": "REFERENCE", "observatory": "ROMAN", "instrument": "WFI", "filekind": kind.upper(),
                   "name": name, "derived_from": "crds-job test", "parkey": parkey, "classes": classes}
         sample.mappings[name] = render_mapping(header, selector).encode()
-    sample.reference_sizes.update(SIZES)
+    sample.reference_sizes.update(sizes)
     for imap in [name for name in sample.mappings if name.endswith(".imap")]:
         head, _, body = sample.mappings[imap].decode().partition("\n\nselector = ")
         rows = {**ast.literal_eval(body), **{kind.upper(): f"roman_wfi_{kind}_0001.rmap" for kind, *_ in rules}}
@@ -266,3 +267,34 @@ def test_a_type_the_context_has_no_rules_for_is_a_usage_error(bucket):
     assert "--reftypes names skycells, which instrument wfi of context roman_0051.pmap has no rules for" in \
         run.errors[0]["event"]
     assert not os.path.exists(os.path.join(bucket.cache, "references"))
+
+
+def test_a_type_crds_cannot_match_for_another_reason_than_a_lacking_key_stays_unmatched(s3, tmp_path):
+    """The exposure's date is before every use-after of its detector's rows: the field it lacks is not
+    why crds finds nothing, so no apcorr is warmed; the dust maps, which only the field decides, still are."""
+    late = ("apcorr", ((DETECTOR, FIELD), (START,)), ("Match", "UseAfter"),
+            "Match({\n    ('WFI01', 'NORTH') : UseAfter({'2030-01-01 00:00:00' : 'roman_wfi_apcorr_0001.asdf'}),\n"
+            "    ('WFI01', 'N/A') : UseAfter({'2030-01-01 00:00:00' : 'roman_wfi_apcorr_0002.asdf'}),\n})")
+    sizes = {**SIZES, "roman_wfi_apcorr_0001.asdf": 10, "roman_wfi_apcorr_0002.asdf": 20}
+    bucket = new_bucket(s3, with_rmaps(context.roman(detectors=2), DUSTMAP, late, sizes=sizes),
+                        str(tmp_path / "cache"))
+    run = bucket.run("roman", "ops", "--datasets", exposure(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert run.events("warming every candidate of dustmap: its match keys are not in the dataset")
+    assert not run.events("warming every candidate of apcorr: its match keys are not in the dataset")
+    assert "apcorr" in run.event("no reference matched some types of a dataset; the calibration decides whether "
+                                 "that is fatal")["unmatched"]
+    assert not {name for name in references_in(bucket.cache) if "_apcorr_" in name}
+
+
+def test_a_header_of_an_instrument_the_context_lacks_is_a_usage_error(bucket):
+    run = bucket.run("roman", "ops", "--header", "ROMAN.META.INSTRUMENT.NAME=WFC3")
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert "instrument wfc3 is not in context roman_0051.pmap" in run.errors[0]["event"]
+
+
+def test_reftypes_with_no_dataset_among_the_guesses_warms_those_types(bucket, tmp_path):
+    """The command names an output to be: --reftypes then stands alone, not for the whole context."""
+    run = bucket.run("roman", "ops", "--reftypes", "dustmap", "--", "true", str(tmp_path / "out_uncal.asdf"))
+    assert run.returncode == 0, run.stderr
+    assert references_in(bucket.cache) == set(CANDIDATES["dustmap"])

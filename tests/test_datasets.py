@@ -622,7 +622,7 @@ def test_a_local_file_the_job_may_not_read_is_the_datasets_fault_an_objects_is_s
     assert bestrefs._read_failure(PermissionError(13, "Permission denied"), url)[0] == reason
     answer = {"dataset": "s3://b/x_raw.fits" if url else "/data/x_raw.fits", "error": reason, "message": "denied"}
     with pytest.raises(S3AccessError if url else DatasetError):
-        bestrefs._choice(answer, "hst_0001.pmap")
+        bestrefs.choice_of(answer, "hst_0001.pmap")
 
 
 def crds_child(process: subprocess.Popen, proxy: FaultProxy) -> int:
