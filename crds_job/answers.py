@@ -10,11 +10,13 @@ the same rules: the answer is kept beside the cache's files and reused.
 The answer is reused only for the same question, by a key over everything
 that can change it: the context and its rules' files, by name and by the sha1
 the bucket publishes (each is verified against it before use),
-each dataset's name and the bytes crds reads of it (an ASDF file's tree, up
-to its first block; anything else whole), the crds that chose (its package's
-file, size and time: a new install is a new crds), the ``CRDS_*`` variables
-of the job (which may change crds's matching), and what the selection asks
-(strict or guessed, ``--reftypes``, ``--header``). Datasets read from a URL,
+each dataset's name and what crds reads of it (an ASDF file's tree, up to its
+first block; any other file by its identity: device, inode, size and times),
+the code that reads and chooses (crds, asdf, astropy and the datamodels, by
+their installed files; crds-job's own questions, by their bytes), the
+``CRDS_*`` variables of the job (which may change crds's matching; not
+crds-job's own ``CRDS_JOB_*``), and what the selection asks (strict or
+guessed, ``--reftypes``, ``--header``). Datasets read from a URL,
 and associations (whose members are other files), are never kept: their
 bytes are not all in the key. A kept answer is still data from the cache:
 every name it gives must be one the context names (``plan.narrow``), and every
@@ -33,7 +35,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .bestrefs import Answer, Choice, Skipped
+from . import bestrefs, datasets
+from .bestrefs import Answer, Skipped, choice_of
 from .cache import Cache
 from .datasets import Selection, is_association, is_url
 from .errors import CrdsJobError
@@ -45,7 +48,12 @@ FORMAT = 1
 #: What ends an ASDF file's tree: the magic of its first binary block.
 _ASDF_BLOCK = b"\xd3BLK"
 _ASDF_MAGIC = b"#ASDF"
-_CHUNK = 1 << 20
+#: Most bytes read of an ASDF file for its tree (a Roman exposure's is tens of kB); beyond, its identity.
+TREE_MOST = 16 * 2**20
+#: The packages whose install changes what crds is given or chooses (a header's values: a date's form).
+READERS = ("crds", "asdf", "astropy", "roman_datamodels", "stdatamodels")
+#: crds-job's own variables: its settings, which never change crds's answer (its questions are keyed as such).
+OURS = "CRDS_JOB_"
 
 
 def folder(root: str, observatory: str, context: str = "") -> str:
@@ -62,10 +70,9 @@ def key(context: str, rules: Iterable[Entry], selection: Selection, environ: Map
     if not selection.datasets or any(is_url(name) or is_association(name) for name in selection.datasets):
         return None
     parts: list[Any] = [FORMAT, context, sorted((entry.name, entry.size, entry.sha1) for entry in rules),
-                        _crds_identity(), selection.strict, list(selection.reftypes),
-                        list(selection.header),
+                        _code_identity(), selection.strict, list(selection.reftypes), list(selection.header),
                         sorted((name, value) for name, value in environ.items()
-                               if name.startswith("CRDS_") and name != "CRDS_PATH")]
+                               if name.startswith("CRDS_") and not name.startswith(OURS) and name != "CRDS_PATH")]
     for name in selection.datasets:
         digest = _digest(name)
         if digest is None:
@@ -74,39 +81,42 @@ def key(context: str, rules: Iterable[Entry], selection: Selection, environ: Map
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()
 
 
-def _crds_identity() -> str:
-    """Which crds the child will import (found, not imported: that is what is being saved)."""
-    try:
-        spec = importlib.util.find_spec("crds")
-    except (ImportError, ValueError):
-        return ""
-    if spec is None or not spec.origin:
-        return ""
-    info = os.stat(spec.origin)
-    return f"{spec.origin}:{info.st_size}:{info.st_mtime_ns}"
+def _code_identity() -> list[str]:
+    """What code answers: the packages that read headers and choose (crds, asdf and the datamodels that
+    read a tree: each found, not imported, by its file's path, size and time, so that another install is
+    another key), and this package's own questions to them (``bestrefs``, ``datasets``: their bytes)."""
+    found = []
+    for package in READERS:
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin:
+            info = os.stat(spec.origin)
+            found.append(f"{spec.origin}:{info.st_size}:{info.st_mtime_ns}")
+        else:
+            found.append(f"{package}: absent")
+    for module in (bestrefs, datasets):
+        with open(module.__file__ or "", "rb") as handle:
+            found.append(hashlib.sha1(handle.read()).hexdigest())
+    return found
 
 
 def _digest(path: str) -> str | None:
-    """sha1 of what crds reads of a local dataset: an ASDF file's tree, else the whole file; None if unreadable."""
-    digest = hashlib.sha1()
+    """What crds reads of a local dataset, or None if it cannot be read: an ASDF file's tree (its bytes up
+    to its first block, if within ``TREE_MOST``), else the file's identity (device, inode, size, times),
+    which a change of its content changes: a FITS exposure may be GBs, and is not read here."""
     try:
         with open(path, "rb") as handle:
-            asdf = handle.read(len(_ASDF_MAGIC)) == _ASDF_MAGIC
-            handle.seek(0)
-            tail = b""
-            for chunk in iter(lambda: handle.read(_CHUNK), b""):
-                window = tail + chunk
-                end = window.find(_ASDF_BLOCK) if asdf else -1
-                if end >= 0:
-                    digest.update(window[:end])
-                    return f"asdf:{digest.hexdigest()}"
-                keep = len(_ASDF_BLOCK) - 1 if asdf else 0  # a block's magic may straddle two chunks
-                digest.update(window[: len(window) - keep])
-                tail = window[len(window) - keep:]
-            digest.update(tail)
+            info = os.fstat(handle.fileno())
+            identity = f"file:{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+            head = handle.read(TREE_MOST)
     except OSError:
         return None
-    return f"{'asdf' if asdf else 'file'}:{digest.hexdigest()}"
+    end = head.find(_ASDF_BLOCK) if head.startswith(_ASDF_MAGIC) else -1
+    if end < 0 and head.startswith(_ASDF_MAGIC) and len(head) == info.st_size:  # all tree, no block
+        end = len(head)
+    return f"asdf:{hashlib.sha1(head[:end]).hexdigest()}" if end >= 0 else identity
 
 
 def recall(cache: Cache, context: str, found: str) -> Answer | None:
@@ -115,21 +125,11 @@ def recall(cache: Cache, context: str, found: str) -> Answer | None:
     try:
         with open(path, encoding="utf-8") as handle:
             kept = json.load(handle)
-        return Answer(choices=[_choice(one) for one in kept["choices"]],
+        return Answer(choices=[choice_of(one, context) for one in kept["choices"]],
                       skipped=[Skipped(one["dataset"], one["reason"]) for one in kept["skipped"]],
                       crds=str(kept["crds"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # absent, or not ours: asked again
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, CrdsJobError):  # absent, or not ours
         return None
-
-
-def _choice(kept: Mapping[str, Any]) -> Choice:
-    return Choice(dataset=str(kept["dataset"]), instrument=str(kept["instrument"]),
-                  references={str(kind): str(name) for kind, name in kept["references"].items()},
-                  not_applicable=tuple(map(str, kept["not_applicable"])),
-                  unmatched={str(kind): str(why) for kind, why in kept["unmatched"].items()},
-                  candidates={str(kind): {"absent": list(map(str, found["absent"])),
-                                          "files": list(map(str, found["files"]))}
-                              for kind, found in kept["candidates"].items()})
 
 
 def remember(cache: Cache, context: str, found: str, answer: Answer) -> None:
