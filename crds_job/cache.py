@@ -531,14 +531,15 @@ class Cache:
         _fill(claim, data, fsync)
         return True
 
-    def stale_temps(self) -> Iterator[str]:
-        """Temp files in the cache's folders, every observatory's (ours, or left by killed jobs).
+    def stale_temps(self, also: tuple[str, ...] = ()) -> Iterator[str]:
+        """Temp files in the cache's folders, every observatory's (ours, or left by killed jobs), and in
+        the folders ``also`` names (crds-job's own, written the same way: ``answers``).
 
         Every observatory's: a warm of one killed mid-file leaves a temp file
         holding its whole reserved size, and the next warm of the shared
         volume may be of another. Links are not followed (``os.walk``'s default).
         """
-        for area in AREAS:
+        for area in (*AREAS, *also):
             top = os.path.join(self.root, area)
             if os.path.islink(top):  # refused where it matters (``reading``); never walked into
                 continue
@@ -547,10 +548,10 @@ class Cache:
                     if name.startswith(".") and name.endswith(TEMP_SUFFIX):
                         yield os.path.join(folder, name)
 
-    def sweep(self) -> int:
-        """Remove temp files whose writer is gone; those still locked are left alone."""
+    def sweep(self, also: tuple[str, ...] = ()) -> int:
+        """Remove temp files whose writer is gone (in ``also`` too); those still locked are left alone."""
         removed = 0
-        for temp in self.stale_temps():
+        for temp in self.stale_temps(also):
             final = os.path.join(os.path.dirname(temp), os.path.basename(temp)[1:-len(TEMP_SUFFIX)])
             claim = _try_lock(final)
             if claim is not None:

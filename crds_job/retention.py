@@ -374,5 +374,5 @@ def _prune(cache: Cache, keep_contexts: int | None, keep: tuple[str, ...], max_b
                 for suffix in (".json", ".json.lock"):
                     _remove(os.path.join(_folder(cache.root, "contexts", cache.observatory), name + suffix))
                 shutil.rmtree(answers.folder(cache.root, cache.observatory, name), ignore_errors=True)  # a saving
-        cache.sweep()
+        cache.sweep(also=(answers.FOLDER,))
     return done

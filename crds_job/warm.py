@@ -79,6 +79,7 @@ class Outcome:
     choices: list[bestrefs.Choice] = field(default_factory=list)
     source: str = ""  # where the files came from (a bucket's or a server's address), for the report
     server: str | None = None  # the CRDS server's URL, where the files came from one
+
     def candidates(self) -> dict[str, Any]:
         """The references warmed only because a header cannot decide between them, and their bytes."""
         by_kind = undecided(self.choices, self.plan)
@@ -672,7 +673,7 @@ async def _steps(job: _Warm, settings: Settings, log: Any) -> Outcome:
                                                                           if len(missing) > 1 else ""),
                            "check the path and that the job can read it, or pass --all-references")
     if job.writable:
-        removed = cache.sweep()
+        removed = cache.sweep(also=(answers.FOLDER,))
         if removed:
             log.info("removed temporary files left by an interrupted job", count=removed)
     config = await job.read_config()

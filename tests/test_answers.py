@@ -15,6 +15,7 @@ import pytest
 from conftest import cache_files, new_bucket
 
 from crds_job import answers, datasets, plan
+from crds_job import cache as cache_module
 from crds_job.sample import context
 from crds_job.sample import datasets as sample_datasets
 
@@ -124,3 +125,17 @@ def test_a_prune_removes_the_answers_of_the_contexts_it_removes(bucket, tmp_path
     pruned = bucket.run("roman", "ops", "--prune", "--keep-contexts", "1")
     assert pruned.returncode == 0, pruned.stderr
     assert {answer.split(os.sep)[2] for answer in kept(bucket.cache)} == {new}
+
+
+def test_a_kept_answer_a_killed_job_left_half_written_is_swept(bucket, tmp_path):
+    path = exposure(tmp_path / "l1_uncal.asdf")
+    assert bucket.run("roman", "ops", "--datasets", path).returncode == 0
+    (answer,) = kept(bucket.cache)
+    folder, name = os.path.split(os.path.join(bucket.cache, answer))
+    left = os.path.join(folder, f".other.json{cache_module.TEMP_SUFFIX}")  # its writer is gone: no lock on it
+    with open(left, "w") as handle:
+        handle.write('{"choi')
+    run = bucket.run("roman", "ops", "--datasets", path)
+    assert run.returncode == 0, run.stderr
+    assert run.event("removed temporary files left by an interrupted job")["count"] == 1
+    assert not os.path.exists(left) and os.path.exists(os.path.join(folder, name))
